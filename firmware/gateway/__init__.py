@@ -1,0 +1,1 @@
+# Metergate gateway application (MicroPython; also imports under CPython for tests).

