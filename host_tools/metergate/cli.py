@@ -34,5 +34,9 @@ def firmware_build(out):
                % (len(mpy), fw.mpy_version(), out, total))
 
 
+from metergate.hil.cli import hil; main.add_command(hil)  # noqa: E402,E702
+from metergate.vboard.cli import vboard; main.add_command(vboard)  # noqa: E402,E702
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
