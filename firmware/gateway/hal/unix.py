@@ -341,7 +341,13 @@ class UnixHAL:
     def sleep_ms(self, ms):
         sleep_ms(ms)
 
+    def wdt_start(self, timeout_ms=None):
+        pass  # no hardware watchdog; the vboard runner restarts a dead process
+
     def wdt_feed(self):
+        pass
+
+    def led(self, on):
         pass
 
     def supply_voltage(self):
