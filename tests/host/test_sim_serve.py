@@ -7,6 +7,7 @@ package or a frame parser written here from the DL/T 645 framing rules.
 
 import json
 import os
+import shutil
 import socket
 import statistics
 import struct
@@ -248,3 +249,33 @@ def test_check_and_demo_site(tmp_path):
     assert result.exit_code == 1
     line = next(n for n, text in enumerate(bad.read_text().splitlines(), 1) if "20210707253X" in text)
     assert "meters[1].address" in result.output and "line %d" % line in result.output
+
+
+def test_serial_transport_through_a_socat_null_modem(tmp_path):
+    """`--serial DEV` opens a real serial device with pyserial. A socat pty pair
+    stands in for the USB RS-485 adapter and the cable: the simulator opens one
+    end as its port, a pyserial "gateway" polls m1 on the other."""
+    import serial
+
+    socat = shutil.which("socat")
+    if socat is None:
+        pytest.fail("socat is not installed (make test installs it: scripts/system-deps.sh)")
+    adapter, gateway = tmp_path / "adapter", tmp_path / "gateway"
+    cable = ManagedProcess([socat, "-d", "pty,raw,echo=0,link=%s" % adapter, "pty,raw,echo=0,link=%s" % gateway],
+                           tmp_path / "socat.log", name="socat", ready_path=gateway, ready_timeout=10)
+    with cable:
+        argv = METERGATE + ["sim", "serve", "demo", "--serial", str(adapter), "--baud", "2400", "--parity", "E"]
+        with ManagedProcess(argv, tmp_path / "serial.log", ready_line=r"sim: .*serial", ready_timeout=20) as proc:
+            with serial.Serial(str(gateway), 2400, parity=serial.PARITY_EVEN, timeout=0.05) as port:
+                t0 = time.monotonic()
+                port.write(request(M1, 0x04000401, b"\xfe" * 4))  # comm address
+                buf = b""
+                while time.monotonic() - t0 < 3.0 and not find_frame(buf):
+                    buf += port.read(64)
+            found = find_frame(buf)
+            assert found is not None, proc.tail()
+            addr, control, data = found
+            assert (addr, control) == (wire(M1), 0x91)
+            assert data == struct.pack("<I", 0x04000401) + wire(M1)  # the address, BCD low byte first
+            assert "serial %s at 2400 8E1" % adapter in proc.log_text()
+        assert proc.returncode == 0
