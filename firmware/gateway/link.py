@@ -1,0 +1,316 @@
+# RS-485 link layer: one request/reply transaction at a time on the HAL UART.
+#
+#   line settings (per meter) -> drain idle junk -> DE up, write, flush, DE down
+#   -> collect the reply into one preallocated buffer until a whole frame is
+#   there (DL/T 645 by its length field, Modbus RTU by the length its request
+#   implies), the response timeout passes without a first byte, or the line
+#   goes quiet for the inter-byte timeout -> retry if asked.
+#
+# Counters are per meter (the caller passes the meter's Counters): sent, valid,
+# timeout, bad_checksum, bad_frame, junk_bytes. They are frame-level: the ESP32
+# UART reports no parity or framing errors (PROTOCOLS.md, RS-485 faults).
+#
+# No allocation per poll where it can be avoided: the receive buffer, its
+# memoryview and the DL/T 645 data scratch are made once; modbus.Reply is
+# reused. Pure apart from the UART object handed in (constructor injection).
+from gateway.compat import const, ticks_ms, ticks_diff
+from gateway.protocols import dlt645, modbus
+
+# Transaction results.
+OK = const(0)  # a whole, well-formed reply (a meter's error reply is OK too)
+TIMEOUT = const(1)  # nothing (or only junk) arrived
+BAD_CHECKSUM = const(2)  # a frame of the right shape with a wrong CS / CRC
+BAD_FRAME = const(3)  # bytes arrived but no acceptable frame (no 16, wrong L,
+# wrong address / unit / function / DI, cut short)
+
+RESULT_NAMES = ("ok", "timeout", "bad_checksum", "bad_frame")
+
+RX_SIZE = const(272)  # a DL/T 645 reply of 200 data bytes + FE + slack; Modbus 256
+RESPONSE_TIMEOUT_MS = const(500)  # DL/T 645: Td <= 500 ms
+BYTE_TIMEOUT_MS = const(100)  # line quiet this long after a byte: the reply is over
+MAX_TIMEOUT_MS = const(10000)
+
+_DLT = const(0)
+_MODBUS = const(1)
+
+
+def result_name(result):
+    if 0 <= result < len(RESULT_NAMES):
+        return RESULT_NAMES[result]
+    return "result_%d" % result
+
+
+class Counters:
+    """Per-meter frame-level counters."""
+
+    FIELDS = ("sent", "valid", "timeout", "bad_checksum", "bad_frame", "junk_bytes")
+
+    def __init__(self):
+        self.sent = 0
+        self.valid = 0
+        self.timeout = 0
+        self.bad_checksum = 0
+        self.bad_frame = 0
+        self.junk_bytes = 0
+
+    def count(self, result):
+        if result == OK:
+            self.valid += 1
+        elif result == TIMEOUT:
+            self.timeout += 1
+        elif result == BAD_CHECKSUM:
+            self.bad_checksum += 1
+        else:
+            self.bad_frame += 1
+
+    def as_dict(self):
+        return {
+            "sent": self.sent,
+            "valid": self.valid,
+            "timeout": self.timeout,
+            "bad_checksum": self.bad_checksum,
+            "bad_frame": self.bad_frame,
+            "junk_bytes": self.junk_bytes,
+        }
+
+
+def char_ms(baud, bits=8, parity="E", stop=1):
+    """Milliseconds one character takes on the wire (float)."""
+    return (1 + bits + (0 if parity == "N" else 1) + stop) * 1000 / baud
+
+
+class Link:
+    """Transactions on one UART.
+
+    uart: the HAL UART (init/write/flush/any/readinto/wait/de).
+    ticks: ms tick function (compat.ticks_ms); sleep: ms sleep function.
+    echo: the receiver hears our own request (RE tied on): drop it first.
+    After dlt645(): .frame is the reply (its data views a scratch buffer,
+    valid until the next transaction). After modbus(): .reply holds the
+    parse result and its register bytes are .buf[reply.data_start:data_end].
+    """
+
+    def __init__(self, uart, ticks=ticks_ms, sleep=None, echo=False, rx_size=RX_SIZE):
+        self.uart = uart
+        self.ticks = ticks
+        self.sleep = sleep
+        self.echo = echo
+        self.buf = bytearray(rx_size)
+        self.mv = memoryview(self.buf)
+        self.scratch = bytearray(dlt645.MAX_DATA + 55)
+        self.reply = modbus.Reply()
+        self.frame = None
+        self.got = 0
+        self.idle_junk = 0  # bytes heard outside any reply window
+        self.line = None
+        self._gap_ms = 2
+        self._last = None  # tick of the last bus activity
+        self._mode = _DLT
+        self._address = None
+        self._function = 0
+        self._di = None
+        self._unit = 0
+        self._count = 0
+
+    # -- line settings ------------------------------------------------------
+
+    def configure(self, baud=2400, parity="E", bits=8, stop=1, invert=False):
+        """Switch the UART's line settings (only when they change)."""
+        line = (baud, parity, bits, stop, invert)
+        if line == self.line:
+            return False
+        self.uart.init(baudrate=baud, bits=bits, parity=parity, stop=stop, invert=invert)
+        self.line = line
+        # 3.5 character times of silence between frames (1.75 ms above 19200)
+        gap = 3.5 * char_ms(baud, bits, parity, stop)
+        self._gap_ms = int(gap + 0.999) if baud <= 19200 else 2
+        return True
+
+    # -- the pieces of a transaction -----------------------------------------
+
+    def drain(self):
+        """Throw away what arrived outside a reply window; returns the count."""
+        n = 0
+        uart = self.uart
+        while uart.any():
+            k = uart.readinto(self.mv)
+            if not k:
+                break
+            n += k
+        self.idle_junk += n
+        return n
+
+    def _quiet(self):
+        """Keep 3.5 character times of silence since the last activity."""
+        if self._last is None or self.sleep is None:
+            return
+        left = self._gap_ms - ticks_diff(self.ticks(), self._last)
+        if left > 0:
+            self.sleep(left)
+
+    def send(self, request):
+        uart = self.uart
+        self._quiet()
+        self.drain()
+        uart.de(True)
+        uart.write(request)
+        uart.flush()  # the last stop bit is out: only now may DE drop
+        uart.de(False)
+        self._last = self.ticks()
+
+    def _collect(self, request, timeout_ms, byte_timeout_ms):
+        """Read bytes until _scan() has a frame or the line times out.
+        Returns (result, junk)."""
+        uart = self.uart
+        ticks = self.ticks
+        buf = self.buf
+        mv = self.mv
+        size = len(buf)
+        got = 0
+        start = ticks()
+        last = None
+        junk = 0
+        echo = len(request) if self.echo else 0
+        skip = 0  # bytes of our own echo at the front
+        while True:
+            now = ticks()
+            if last is None:
+                left = timeout_ms - ticks_diff(now, start)
+            else:
+                left = byte_timeout_ms - ticks_diff(now, last)
+            if left <= 0:
+                break
+            if not uart.wait(left):
+                continue
+            if got >= size:  # more than any reply holds: drop it as junk
+                junk += got - skip
+                got = skip = 0
+            k = uart.readinto(mv[got:])
+            if not k:
+                continue
+            got += k
+            last = ticks()
+            if echo:
+                m = got if got < echo else echo
+                same = True
+                for i in range(m):
+                    if buf[i] != request[i]:
+                        same = False
+                        break
+                if not same:
+                    echo = 0
+                elif got < echo:
+                    continue
+                else:
+                    skip = echo
+                    echo = 0
+                    last = None  # the reply's response window starts now
+                    start = ticks()
+            if got > skip:
+                result, j = self._scan(skip, got)
+                if result == OK:
+                    self.got = got
+                    self._last = last
+                    return OK, junk + j
+        self.got = got
+        if last is not None:
+            self._last = last
+        if got > skip:
+            result, j = self._scan(skip, got)
+            if result == TIMEOUT:  # bytes came, none of them usable
+                result = BAD_FRAME
+            return result, junk + j
+        return TIMEOUT, junk
+
+    def _scan(self, start, end):
+        """(OK or the worst problem so far, junk bytes before the frame)."""
+        if self._mode == _DLT:
+            return self._scan_dlt(start, end)
+        return self._scan_modbus(start, end)
+
+    def _run(self, request, counters, timeout_ms, byte_timeout_ms, retries):
+        if timeout_ms > MAX_TIMEOUT_MS:
+            timeout_ms = MAX_TIMEOUT_MS
+        result = TIMEOUT
+        for _attempt in range(retries + 1):
+            self.frame = None
+            self.send(request)
+            if counters is not None:
+                counters.sent += 1
+            result, junk = self._collect(request, timeout_ms, byte_timeout_ms)
+            if counters is not None:
+                counters.count(result)
+                counters.junk_bytes += junk
+            if result == OK:
+                return OK
+        return result
+
+    # -- DL/T 645 ---------------------------------------------------------
+
+    def dlt645(self, request, address, function, di=None, counters=None,
+               timeout_ms=RESPONSE_TIMEOUT_MS, byte_timeout_ms=BYTE_TIMEOUT_MS, retries=0):
+        """Send a DL/T 645 request (FE preamble included by the builder) and
+        wait for the reply from `address` (6 wire bytes; None accepts any)
+        to `function`, echoing `di` (int) when the reply is normal.
+        Returns OK / TIMEOUT / BAD_CHECKSUM / BAD_FRAME; .frame on OK."""
+        self._mode = _DLT
+        self._address = address
+        self._function = function
+        self._di = di
+        return self._run(request, counters, timeout_ms, byte_timeout_ms, retries)
+
+    def _scan_dlt(self, start, end):
+        buf = self.buf
+        i = start
+        junk = 0
+        worst = TIMEOUT
+        while i < end:
+            st, info, nxt, j = dlt645.parse(buf, i, end, dlt645.MAX_DATA, self.scratch)
+            junk += j
+            if st == dlt645.NEED_MORE:
+                if nxt < end and worst == TIMEOUT:  # a frame has begun
+                    worst = BAD_FRAME
+                return worst, junk
+            i = nxt
+            if st == dlt645.BAD:
+                if info == dlt645.BAD_CHECKSUM:
+                    worst = BAD_CHECKSUM
+                elif worst == TIMEOUT:
+                    worst = BAD_FRAME
+                continue
+            f = info
+            if not f.is_reply:
+                continue  # our own request heard back
+            address = self._address
+            if (f.function != self._function
+                    or (address is not None and address != dlt645.WILDCARD and f.address != address)
+                    or (self._di is not None and not f.abnormal and f.di() != self._di)):
+                if worst != BAD_CHECKSUM:
+                    worst = BAD_FRAME  # someone else's reply, or a stale one
+                continue
+            self.frame = f
+            return OK, junk
+        return worst, junk
+
+    # -- Modbus RTU --------------------------------------------------------
+
+    def modbus(self, request, unit, function, count=0, counters=None,
+               timeout_ms=RESPONSE_TIMEOUT_MS, byte_timeout_ms=BYTE_TIMEOUT_MS, retries=0):
+        """Send a Modbus RTU request and wait for the reply of `unit` to
+        `function` (count: registers asked for, 0 = any). Returns OK (a
+        normal or an exception reply: see .reply.status) / TIMEOUT /
+        BAD_CHECKSUM / BAD_FRAME."""
+        self._mode = _MODBUS
+        self._unit = unit
+        self._function = function
+        self._count = count
+        return self._run(request, counters, timeout_ms, byte_timeout_ms, retries)
+
+    def _scan_modbus(self, start, end):
+        reply = self.reply
+        st = reply.scan(self.buf, start, end, self._unit, self._function, self._count)
+        if st == modbus.OK or st == modbus.EXCEPTION:
+            return OK, reply.skipped
+        if st == modbus.BAD_CRC:
+            return BAD_CHECKSUM, 0
+        return BAD_FRAME, 0
