@@ -1,0 +1,163 @@
+"""The virtual gateway on a simulated site, seen from the host as a user sees it.
+
+- ``site_config(site)``: a gateway config.json that polls every meter of a
+  site's bus (protocol, address / unit id, the meter's own line settings).
+- ``parse_line(text)``: a console line of the gateway -> ("READING" | "HEALTH",
+  dict) or None. The format is the firmware's (firmware/gateway/poller.py).
+- ``Bench``: the simulator and a virtual board polling it, as two managed
+  processes on free loopback ports (used by ``metergate demo`` and the tests).
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+import tempfile
+
+from metergate.bench.procs import LOOPBACK, ManagedProcess, free_tcp_port
+
+PREFIXES = ("READING", "HEALTH")
+
+# What the gateway reads per meter kind: the same names for every protocol.
+SINGLE_PHASE_ITEMS = ["voltage", "current", "power", "energy_forward", "energy_reverse"]
+THREE_PHASE_ITEMS = ["voltage_a", "current_a", "power", "energy_forward", "energy_reverse"]
+
+
+def items_for(meter) -> list[str]:
+    return list(THREE_PHASE_ITEMS if meter.kind.startswith("three-phase") else SINGLE_PHASE_ITEMS)
+
+
+def meter_entry(meter) -> dict:
+    """The config.json entry for one site meter (metergate.sim.site.Meter)."""
+    entry = {"id": meter.id, "protocol": meter.protocol}
+    if meter.protocol == "modbus":
+        entry["model"] = meter.model
+        entry["unit_id"] = meter.unit_id
+    else:
+        entry["address"] = meter.address
+    entry["baud"] = meter.line.baud
+    entry["parity"] = meter.line.parity
+    entry["items"] = items_for(meter)
+    return entry
+
+
+def site_config(site, bus_name: str | None = None, poll_interval_s: float = 5, health_every: int = 2,
+                **extra) -> dict:
+    """A gateway config that polls every meter on one bus of `site` (a Site)."""
+    bus_name = bus_name or site.buses[0].name
+    cfg = {"poll_interval_s": poll_interval_s, "health_every": health_every,
+           "link": {"retries": 1},
+           "meters": [meter_entry(m) for m in site.meters_on_bus(bus_name)]}
+    cfg.update(extra)
+    return cfg
+
+
+def parse_line(text: str):
+    """("READING", dict) / ("HEALTH", dict) for a gateway console line, else None."""
+    text = text.strip("\r\n")
+    for prefix in PREFIXES:
+        if text.startswith(prefix + " "):
+            try:
+                return prefix, json.loads(text[len(prefix) + 1:])
+            except ValueError:
+                return None
+    return None
+
+
+def metergate_argv() -> list[str]:
+    script = pathlib.Path(sys.executable).with_name("metergate")
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-m", "metergate.cli"]
+
+
+class LineFollower:
+    """Reads a growing log file and yields the gateway lines added since last time."""
+
+    def __init__(self, path):
+        self.path = pathlib.Path(path)
+        self.pos = 0
+        self.rest = b""
+
+    def poll(self):
+        try:
+            with open(self.path, "rb") as fh:
+                fh.seek(self.pos)
+                data = fh.read()
+        except FileNotFoundError:
+            return []
+        self.pos += len(data)
+        lines = (self.rest + data).split(b"\n")
+        self.rest = lines.pop()
+        out = []
+        for raw in lines:
+            got = parse_line(raw.decode("utf-8", "replace"))
+            if got is not None:
+                out.append(got)
+        return out
+
+
+class Bench:
+    """`metergate sim serve SITE` + `metergate vboard run` polling it (context manager).
+
+    ``workdir`` holds the flash and both logs (a temp dir, removed on exit, when
+    None). ``.sim_url``, ``.control_url``, ``.board_log``, ``.follower``.
+    """
+
+    def __init__(self, site_path, config: dict, workdir=None, ready_timeout: float = 20.0):
+        self.site_path = pathlib.Path(site_path)
+        self.config = config
+        self._tmp = None
+        if workdir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="metergate-demo-")
+            workdir = self._tmp.name
+        self.workdir = pathlib.Path(workdir)
+        self.ready_timeout = ready_timeout
+        self.sim = self.board = None
+
+    def start(self):
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        bus_port, control_port = free_tcp_port(), free_tcp_port()
+        self.sim_url = "tcp://%s:%d" % (LOOPBACK, bus_port)
+        self.control_url = "tcp://%s:%d" % (LOOPBACK, control_port)
+        flash = self.workdir / "flash"
+        flash.mkdir(exist_ok=True)
+        (flash / "config.json").write_text(json.dumps(self.config, indent=2) + "\n")
+        self.flash = flash
+        self.sim_log = self.workdir / "sim.log"
+        self.board_log = self.workdir / "vboard.log"
+        self.sim = ManagedProcess(
+            metergate_argv() + ["sim", "serve", str(self.site_path), "--listen", self.sim_url,
+                                "--control", self.control_url],
+            self.sim_log, name="metergate sim serve", ready_port=[bus_port, control_port],
+            ready_timeout=self.ready_timeout, grace=3.0)
+        self.board = ManagedProcess(
+            metergate_argv() + ["vboard", "run", "--flash", str(flash), "--bus", self.sim_url],
+            self.board_log, name="metergate vboard run", ready_line=r"\[app\] polling",
+            ready_timeout=self.ready_timeout, grace=3.0)
+        try:
+            self.sim.start()
+            self.sim.wait_ready()
+            self.board.start()
+            self.board.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        self.follower = LineFollower(self.board_log)
+        return self
+
+    def stop(self):
+        for proc in (self.board, self.sim):
+            if proc is not None:
+                proc.stop()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+        return False
