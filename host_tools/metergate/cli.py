@@ -37,6 +37,7 @@ def firmware_build(out):
 from metergate.hil.cli import hil; main.add_command(hil)  # noqa: E402,E702
 from metergate.vboard.cli import vboard; main.add_command(vboard)  # noqa: E402,E702
 from metergate.sim.cli import sim; main.add_command(sim)  # noqa: E402,E702
+from metergate.demo import demo; main.add_command(demo)  # noqa: E402,E702
 
 
 if __name__ == "__main__":  # pragma: no cover

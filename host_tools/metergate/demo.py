@@ -1,0 +1,232 @@
+"""`metergate demo`: a simulated meter box, the virtual gateway polling it, live readings.
+
+Starts the meter-bus simulator on the demo site (or --site) on free loopback
+ports, writes a config.json for the site's meters into a temporary flash
+directory, boots the virtual board on the simulator's bus, and shows what the
+gateway prints (its READING and HEALTH console lines) as a table until Ctrl-C,
+SIGTERM or --duration. Then everything it started is stopped.
+
+Without a terminal (CI, a pipe) the table is printed once per poll cycle
+instead of redrawn in place; nothing is read from stdin.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import click
+
+from metergate.sim import DEMO_SITE
+
+CURRENT_GATE_A = 0.05  # judge direction only under load (PROTOCOLS.md)
+
+
+class DemoView:
+    """What the table shows, built from the gateway's console lines and the site file."""
+
+    def __init__(self, site):
+        self.site = site
+        self.meters = site.meters_on_bus(site.buses[0].name)
+        self.latest = {}  # meter id -> last READING
+        self.seen_at = {}
+        self.health = None
+        self.cycles = 0
+
+    def feed(self, kind, msg):
+        if kind == "READING":
+            self.latest[msg.get("meter")] = msg
+            self.seen_at[msg.get("meter")] = time.monotonic()
+        elif kind == "HEALTH":
+            self.health = msg
+            self.cycles = msg.get("cycle", self.cycles)
+
+    def exporting(self, meter):
+        """True when the meter's customer may legitimately export (PV)."""
+        for breaker in self.site.breakers_at(meter.box, meter.position):
+            try:
+                if self.site.customer(breaker.customer).exporting:
+                    return True
+            except KeyError:
+                pass
+        return False
+
+    def reversed_meters(self):
+        """(meter, power) for meters under load with negative power and no export expected."""
+        out = []
+        for m in self.meters:
+            r = self.latest.get(m.id)
+            if not r:
+                continue
+            vals = r.get("values", {})
+            p = _v(vals, "power")
+            i = _v(vals, "current") if "current" in vals else _v(vals, "current_a")
+            if p is not None and p < 0 and i is not None and abs(i) >= CURRENT_GATE_A and not self.exporting(m):
+                out.append((m, p))
+        return out
+
+    def banner(self):
+        rev = self.reversed_meters()
+        if rev:
+            parts = ["%s (position %d, P = %.3f kW)" % (m.id, m.position, p) for m, p in rev]
+            return ("[bold white on red] MISWIRED: %s: negative power without export: "
+                    "in/out reversed? [/]" % ", ".join(parts))
+        if not self.latest:
+            return "[yellow]waiting for the gateway's first readings...[/]"
+        return "[green]no reversed meter seen[/]"
+
+    def table(self):
+        from rich.table import Table
+
+        t = Table(title="%s: virtual gateway readings (cycle %d)" % (self.site.name, self.cycles),
+                  expand=False)
+        for col, justify in (("meter", "left"), ("pos", "right"), ("protocol", "left"), ("U V", "right"),
+                             ("I A", "right"), ("P kW", "right"), ("fwd kWh", "right"), ("rev kWh", "right"),
+                             ("quality / last error", "left"), ("link ok", "right"), ("age s", "right")):
+            t.add_column(col, justify=justify, no_wrap=True)
+        counters = (self.health or {}).get("meters", {})
+        now = time.monotonic()
+        for m in self.meters:
+            r = self.latest.get(m.id)
+            vals = r.get("values", {}) if r else {}
+            errs = r.get("errors", {}) if r else {}
+            u = _v(vals, "voltage") if "voltage" in vals else _v(vals, "voltage_a")
+            i = _v(vals, "current") if "current" in vals else _v(vals, "current_a")
+            p = _v(vals, "power")
+            if r is None:
+                quality = "[dim]not read yet[/]"
+            elif errs:
+                quality = "[red]%s[/]" % "; ".join("%s: %s" % kv for kv in errs.items())
+            else:
+                quality = "[green]ok[/]"
+            c = counters.get(m.id) or {}
+            sent = c.get("sent", 0)
+            link = "-" if not sent else "%.0f%% (%d/%d)" % (100.0 * c.get("valid", 0) / sent, c.get("valid", 0), sent)
+            if not errs and c.get("last_error"):
+                quality += " [dim](last: %s)[/]" % c["last_error"]
+            p_text = _fmt(p, 4)
+            if p is not None and p < 0 and i is not None and abs(i) >= CURRENT_GATE_A and not self.exporting(m):
+                p_text = "[bold red]%s[/]" % p_text
+            age = "" if m.id not in self.seen_at else "%.0f" % (now - self.seen_at[m.id])
+            proto = m.protocol + (" %s" % m.model if m.protocol == "modbus" else "")
+            t.add_row(m.id, str(m.position), "%s %s" % (proto, m.line), _fmt(u, 1), _fmt(i, 3), p_text,
+                      _fmt(_v(vals, "energy_forward"), 2), _fmt(_v(vals, "energy_reverse"), 2),
+                      quality, link, age)
+        return t
+
+    def render(self):
+        from rich.console import Group
+        from rich.text import Text
+
+        return Group(Text.from_markup(self.banner()), self.table(),
+                     Text.from_markup("[dim]Ctrl-C stops the demo[/]"))
+
+
+def _v(values, name):
+    item = values.get(name)
+    if not isinstance(item, dict):
+        return None
+    v = item.get("v")
+    return v if isinstance(v, (int, float)) else None
+
+
+def _fmt(v, nd):
+    return "-" if v is None else "%.*f" % (nd, v)
+
+
+class _Stop(Exception):
+    pass
+
+
+def run_demo(site_path, duration=None, interval=2.0, console=None, workdir=None):
+    """Run the demo; returns the DemoView at the end. Raises ProcessError if a part fails."""
+    from rich.console import Console
+    from rich.live import Live
+
+    from metergate.sim import load_site
+    from metergate.vboard.gateway import Bench, site_config
+
+    site = load_site(site_path)
+    console = console or Console()
+    view = DemoView(site)
+    cfg = site_config(site, poll_interval_s=interval, health_every=1)
+
+    def on_signal(signum, frame):
+        raise _Stop()
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGHUP)}
+    bench = Bench(site_path, cfg, workdir=workdir)
+    try:
+        console.print("metergate demo: simulator on %s, virtual gateway polling %d meters; starting..."
+                      % (site.name, len(view.meters)))
+        bench.start()
+        console.print("simulator %s (control %s), gateway flash %s" % (bench.sim_url, bench.control_url,
+                                                                    bench.flash))
+        deadline = None if duration is None else time.monotonic() + duration
+        live = console.is_terminal
+        printed_cycle = 0
+
+        def step():
+            for kind, msg in bench.follower.poll():
+                view.feed(kind, msg)
+            if not bench.board.running:
+                raise click.ClickException("the virtual board stopped (exit %s):\n%s"
+                                           % (bench.board.returncode, bench.board.tail()))
+            if not bench.sim.running:
+                raise click.ClickException("the simulator stopped (exit %s):\n%s"
+                                           % (bench.sim.returncode, bench.sim.tail()))
+
+        def done():
+            return deadline is not None and time.monotonic() >= deadline
+
+        if live:
+            with Live(view.render(), console=console, refresh_per_second=4, transient=False) as screen:
+                while not done():
+                    step()
+                    screen.update(view.render())
+                    time.sleep(0.25)
+        else:
+            while not done():
+                step()
+                if view.cycles > printed_cycle:
+                    printed_cycle = view.cycles
+                    console.print(view.render())
+                time.sleep(0.25)
+            if view.cycles != printed_cycle or not printed_cycle:
+                console.print(view.render())  # unless this cycle's table is already out
+    except (KeyboardInterrupt, _Stop):
+        pass
+    finally:
+        bench.stop()
+        for s, handler in old.items():
+            signal.signal(s, handler)
+    console.print("metergate demo: stopped the simulator and the virtual gateway")
+    return view
+
+
+@click.command("demo")
+@click.option("--duration", type=float, default=None, metavar="SECONDS",
+              help="Stop after this many seconds (default: until Ctrl-C).")
+@click.option("--site", "site_path", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Site file to simulate [default: the embedded demo site].")
+@click.option("--interval", type=click.FloatRange(0.5, 3600), default=2.0, show_default=True,
+              help="Gateway poll interval in seconds.")
+@click.option("--workdir", type=click.Path(file_okay=False), default=None,
+              help="Keep the flash and the logs here (default: a temp dir, removed at the end).")
+def demo(duration, site_path, interval, workdir):
+    """A simulated meter box and the virtual gateway polling it: live readings.
+
+    \b
+    metergate demo                    until Ctrl-C
+    metergate demo --duration 20      scripted runs, CI (no terminal needed)
+    """
+    from rich.console import Console
+
+    from metergate.bench.procs import ProcessError
+
+    console = Console(width=None if Console().is_terminal else 160)
+    try:
+        run_demo(site_path or DEMO_SITE, duration=duration, interval=interval, console=console,
+                 workdir=workdir)
+    except ProcessError as exc:
+        raise click.ClickException(str(exc))
