@@ -301,7 +301,9 @@ class Dlt645Meter(_Dlt645Base):
             if d2 == 0x05:
                 return self._phase_values(d1, lambda k: ph[k - 1].S, m.S)
             if d2 == 0x06:
-                return self._phase_values(d1, lambda k: ph[k - 1].PF, m.PF)
+                # slot B of a three-wire meter has no element: 0, like its U, I, P (not the 1.0 of an idle one)
+                empty = 2 if self.meter.kind == "three-phase-3w" else None
+                return self._phase_values(d1, lambda k: 0.0 if k == empty else ph[k - 1].PF, m.PF)
             if d2 == 0x07:
                 return self._phase_values(d1, lambda k: ph[k - 1].angle_deg % 360.0)
             if d2 in (0x08, 0x09):
