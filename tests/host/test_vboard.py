@@ -339,5 +339,5 @@ def test_run_boots_the_installed_firmware_and_idles(tmp_path):
     alive, out = _run_board(flash, 1.0, "--device-id", "gw-idle")
     assert alive, out
     assert "boot device=gw-idle reset=power-on hal=unix" in out
-    assert "no gateway.app: idle" in out
+    assert "[app] polling 0 meters" in out  # no config.json: the app runs and idles
     assert (flash / "main.py").read_text() == (FIRMWARE / "main.py").read_text()

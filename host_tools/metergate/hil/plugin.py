@@ -32,9 +32,11 @@ VIRTUAL_CAPABILITIES = frozenset({"uart-invert"})
 # Used when board_configs/schema.json cannot be read.
 FALLBACK_CAPABILITIES = frozenset({"uart-invert", "de-pin", "supply-adc"})
 
-# A log line the virtual board prints once the firmware runs; None: only check
-# that `metergate vboard run` did not exit straight away.
-VBOARD_READY_LINE = None
+# A log line the virtual board prints once the firmware runs (the poller's
+# start line); None: only check that `metergate vboard run` did not exit
+# straight away.
+VBOARD_READY_LINE = r"\[app\] polling"
+CONSOLE_BAUD = 115200  # a real board's USB console
 VBOARD_SETTLE_S = 0.3
 SIM_READY_TIMEOUT_S = 20.0
 
@@ -331,6 +333,76 @@ def board_config_json(bench):
     return None
 
 
+class GatewayConsole:
+    """The gateway's READING / HEALTH console lines (firmware/gateway/poller.py).
+
+    ``poll()`` -> new (kind, dict) pairs; ``wait_for(until, timeout)`` collects
+    {meter: [READING, ...]} and [HEALTH, ...] until ``until(readings, health)``
+    is true, and fails the test with the console's last lines otherwise.
+    ``source``: an object with ``poll()`` giving parsed lines (a LineFollower
+    over the virtual board's log, or a serial reader for a real board).
+    """
+
+    def __init__(self, source, describe):
+        self.source = source
+        self.describe = describe
+
+    def poll(self):
+        return self.source.poll()
+
+    def wait_for(self, until, timeout=60.0, alive=None):
+        import time
+
+        readings, health = {}, []
+        deadline = time.monotonic() + timeout
+        while True:
+            for kind, msg in self.poll():
+                if kind == "READING":
+                    readings.setdefault(msg.get("meter"), []).append(msg)
+                else:
+                    health.append(msg)
+            if until(readings, health):
+                return readings, health
+            if alive is not None and not alive():
+                pytest.fail("the board stopped while waiting for its console:\n%s" % self.describe(),
+                            pytrace=False)
+            if time.monotonic() >= deadline:
+                pytest.fail("no matching gateway console lines after %.0f s (got READING counts %s)\n%s"
+                            % (timeout, {k: len(v) for k, v in readings.items()}, self.describe()),
+                            pytrace=False)
+            time.sleep(0.1)
+
+
+class _SerialLines:
+    """Gateway lines read from a real board's serial console (pyserial)."""
+
+    def __init__(self, port, log_path, baud=CONSOLE_BAUD):
+        import serial
+
+        self.serial = serial.Serial(port, baud, timeout=0)
+        self.log_path = log_path
+        self.rest = b""
+
+    def poll(self):
+        from metergate.vboard.gateway import parse_line
+
+        data = self.serial.read(65536) or b""
+        if data:
+            with open(self.log_path, "ab") as log:
+                log.write(data)
+        lines = (self.rest + data).split(b"\n")
+        self.rest = lines.pop()
+        out = []
+        for raw in lines:
+            got = parse_line(raw.decode("utf-8", "replace"))
+            if got is not None:
+                out.append(got)
+        return out
+
+    def close(self):
+        self.serial.close()
+
+
 class VirtualBoard:
     """`metergate vboard run` on the simulator's bus; its flash is a kept directory."""
 
@@ -343,6 +415,14 @@ class VirtualBoard:
         self.process = process
         self.log_path = process.log_path
         self.capabilities = capabilities
+
+    def console(self):
+        """A GatewayConsole on what the board printed since it started."""
+        from metergate.vboard.gateway import LineFollower
+
+        follower = LineFollower(self.log_path)
+        follower.pos = self.process._log_start
+        return GatewayConsole(follower, lambda: self.process.tail(30))
 
     def __repr__(self):
         return "<VirtualBoard flash=%s bus=%s>" % (self.flash_dir, self.bus_url)
@@ -371,6 +451,18 @@ class PortBoard:
                 " ".join(map(str, args)), result.returncode, result.stdout, result.stderr))
         return result
 
+    def console(self):
+        """A GatewayConsole on the board's serial console (close other monitors first)."""
+        reader = _SerialLines(self.port, self.log_dir / "console.log")
+        self._readers = getattr(self, "_readers", [])
+        self._readers.append(reader)
+        return GatewayConsole(reader, lambda: "see %s" % (self.log_dir / "console.log"))
+
+    def close(self):
+        for reader in getattr(self, "_readers", []):
+            reader.close()
+        self._readers = []
+
     def __repr__(self):
         return "<PortBoard %s>" % self.port
 
@@ -381,7 +473,17 @@ def board(request, bench, bench_logs, board_config_json):
     if bench.board_kind == "port":
         if not os.path.exists(bench.board_port):
             pytest.fail("--board port:%s: no such device" % bench.board_port, pytrace=False)
-        yield PortBoard(bench.board_port, bench.capabilities, bench.board_config, bench_logs)
+        real = PortBoard(bench.board_port, bench.capabilities, bench.board_config, bench_logs)
+        if board_config_json is not None:
+            # provision the way an installer does: copy config.json, reset the board
+            path = bench_logs / "config.json"
+            path.write_text(json.dumps(board_config_json, indent=2) + "\n")
+            real.mpremote("fs", "cp", str(path), ":config.json")
+            real.mpremote("reset", check=False)
+        try:
+            yield real
+        finally:
+            real.close()
         return
     sim = request.getfixturevalue("sim")
     _require_command("vboard", "run")
