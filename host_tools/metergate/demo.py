@@ -81,9 +81,11 @@ class DemoView:
         t = Table(title="%s: virtual gateway readings (cycle %d)" % (self.site.name, self.cycles),
                   expand=False)
         for col, justify in (("meter", "left"), ("pos", "right"), ("protocol", "left"), ("U V", "right"),
-                             ("I A", "right"), ("P kW", "right"), ("fwd kWh", "right"), ("rev kWh", "right"),
-                             ("quality / last error", "left"), ("link ok", "right"), ("age s", "right")):
+                             ("I A", "right"), ("P kW", "right"), ("fwd kWh", "right"), ("rev kWh", "right")):
             t.add_column(col, justify=justify, no_wrap=True)
+        t.add_column("quality / last error", overflow="fold", min_width=8)
+        t.add_column("link ok", justify="right", no_wrap=True)
+        t.add_column("age s", justify="right", no_wrap=True)
         counters = (self.health or {}).get("meters", {})
         now = time.monotonic()
         for m in self.meters:
@@ -101,15 +103,14 @@ class DemoView:
                 quality = "[green]ok[/]"
             c = counters.get(m.id) or {}
             sent = c.get("sent", 0)
-            link = "-" if not sent else "%.0f%% (%d/%d)" % (100.0 * c.get("valid", 0) / sent, c.get("valid", 0), sent)
+            link = "-" if not sent else "%.0f%%" % (100.0 * c.get("valid", 0) / sent)
             if not errs and c.get("last_error"):
                 quality += " [dim](last: %s)[/]" % c["last_error"]
             p_text = _fmt(p, 4)
             if p is not None and p < 0 and i is not None and abs(i) >= CURRENT_GATE_A and not self.exporting(m):
                 p_text = "[bold red]%s[/]" % p_text
             age = "" if m.id not in self.seen_at else "%.0f" % (now - self.seen_at[m.id])
-            proto = m.protocol + (" %s" % m.model if m.protocol == "modbus" else "")
-            t.add_row(m.id, str(m.position), "%s %s" % (proto, m.line), _fmt(u, 1), _fmt(i, 3), p_text,
+            t.add_row(m.id, str(m.position), _protocol(m), _fmt(u, 1), _fmt(i, 3), p_text,
                       _fmt(_v(vals, "energy_forward"), 2), _fmt(_v(vals, "energy_reverse"), 2),
                       quality, link, age)
         return t
@@ -120,6 +121,13 @@ class DemoView:
 
         return Group(Text.from_markup(self.banner()), self.table(),
                      Text.from_markup("[dim]Ctrl-C stops the demo[/]"))
+
+
+def _protocol(meter):
+    """Short protocol and line: '645-07 2400E', '645-97 1200E', 'sdm120 2400E'."""
+    name = {"dlt645-2007": "645-07", "dlt645-1997": "645-97"}.get(meter.protocol, meter.model)
+    line = meter.line
+    return "%s %d%s" % (name, line.baud, line.parity)
 
 
 def _v(values, name):
