@@ -52,7 +52,10 @@ def run_driver(spool_dir, seed, kill_after=None, after_readback=True):
                     break
         time.sleep(kill_after)
         proc.send_signal(signal.SIGKILL)
-        out, err = proc.communicate(timeout=30)
+        # read through the same buffered file objects readline() used: communicate()
+        # reads the raw pipe and would lose what readline() had already buffered
+        out, err = proc.stdout.read(), proc.stderr.read()
+        proc.wait(30)
         assert proc.returncode == -signal.SIGKILL, (proc.returncode, err.decode())
     out = head + out
     assert b"Traceback" not in err, err.decode()
