@@ -42,11 +42,9 @@ SIM_READY_TIMEOUT_S = 20.0
 
 
 def _metergate_argv():
-    """How to run our own CLI in a child process with this interpreter."""
-    script = pathlib.Path(sys.executable).with_name("metergate")
-    if script.exists():
-        return [str(script)]
-    return [sys.executable, "-m", "metergate.cli"]
+    from metergate.vboard.gateway import metergate_argv
+
+    return metergate_argv()
 
 
 def missing_command(*words):
@@ -381,23 +379,16 @@ class _SerialLines:
 
         self.serial = serial.Serial(port, baud, timeout=0)
         self.log_path = log_path
-        self.rest = b""
+        from metergate.vboard.gateway import ConsoleLines
+
+        self.lines = ConsoleLines()
 
     def poll(self):
-        from metergate.vboard.gateway import parse_line
-
         data = self.serial.read(65536) or b""
         if data:
             with open(self.log_path, "ab") as log:
                 log.write(data)
-        lines = (self.rest + data).split(b"\n")
-        self.rest = lines.pop()
-        out = []
-        for raw in lines:
-            got = parse_line(raw.decode("utf-8", "replace"))
-            if got is not None:
-                out.append(got)
-        return out
+        return self.lines.feed(data)
 
     def close(self):
         self.serial.close()

@@ -206,6 +206,17 @@ class _Dlt645Base(MeterModel):
     def _error(self, fn, err):
         return self.codec.build_error_reply(self.own, fn, err, preamble=self.preamble)
 
+    def _answer_read(self, frame, fn, now):
+        """The reply to a read: the item, or ERR "no such data" / "other" (no DI)."""
+        di = frame.di()
+        if di is None:
+            return self._error(fn, ERR_OTHER)
+        try:
+            data = self._read(di, now)
+        except NoData:
+            return self._error(fn, ERR_NO_DATA)
+        return self.codec.build_read_reply(self.own, di, data, preamble=self.preamble)
+
     def _read(self, di, now):
         """Item data for `di` (plain, before +0x33), or NoData."""
         if self.supported is not None and di not in self.supported:
@@ -257,14 +268,7 @@ class Dlt645Meter(_Dlt645Base):
         if not _addressed(addr, self.own):
             return None
         if fn == dlt645.FN_READ:
-            di = frame.di()
-            if di is None:
-                return self._error(fn, ERR_OTHER)
-            try:
-                data = self._read(di, now)
-            except NoData:
-                return self._error(fn, ERR_NO_DATA)
-            return dlt645.build_read_reply(self.own, di, data, preamble=self.preamble)
+            return self._answer_read(frame, fn, now)
         if fn == dlt645.FN_READ_NEXT:
             return self._error(fn, ERR_NO_DATA)  # no reply of ours ever has follow-up frames
         if fn == dlt645.FN_FREEZE:
@@ -354,14 +358,7 @@ class Dlt645Meter1997(_Dlt645Base):
         if not _addressed(addr, self.own):
             return None
         if fn == dlt645_1997.FN_READ:
-            di = frame.di()
-            if di is None:
-                return self._error(fn, ERR_OTHER)
-            try:
-                data = self._read(di, now)
-            except NoData:
-                return self._error(fn, ERR_NO_DATA)  # 1997 b1: bad data identifier
-            return dlt645_1997.build_read_reply(self.own, di, data, preamble=self.preamble)
+            return self._answer_read(frame, fn, now)  # ERR b1 is 1997's "bad data identifier"
         if fn == dlt645_1997.FN_REREAD:
             return self.last_reply
         if fn == dlt645_1997.FN_READ_NEXT:

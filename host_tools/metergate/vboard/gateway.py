@@ -72,13 +72,30 @@ def metergate_argv() -> list[str]:
     return [sys.executable, "-m", "metergate.cli"]
 
 
+class ConsoleLines:
+    """Cuts console bytes into whole lines and keeps the gateway's READING / HEALTH ones."""
+
+    def __init__(self):
+        self.rest = b""
+
+    def feed(self, data: bytes) -> list:
+        lines = (self.rest + data).split(b"\n")
+        self.rest = lines.pop()  # an unfinished line waits for its newline
+        out = []
+        for raw in lines:
+            got = parse_line(raw.decode("utf-8", "replace"))
+            if got is not None:
+                out.append(got)
+        return out
+
+
 class LineFollower:
     """Reads a growing log file and yields the gateway lines added since last time."""
 
     def __init__(self, path):
         self.path = pathlib.Path(path)
         self.pos = 0
-        self.rest = b""
+        self.lines = ConsoleLines()
 
     def poll(self):
         try:
@@ -88,14 +105,7 @@ class LineFollower:
         except FileNotFoundError:
             return []
         self.pos += len(data)
-        lines = (self.rest + data).split(b"\n")
-        self.rest = lines.pop()
-        out = []
-        for raw in lines:
-            got = parse_line(raw.decode("utf-8", "replace"))
-            if got is not None:
-                out.append(got)
-        return out
+        return self.lines.feed(data)
 
 
 class Bench:
