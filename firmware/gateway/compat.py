@@ -27,3 +27,16 @@ except ImportError:  # CPython
         if diff >= _TICKS_PERIOD // 2:
             diff -= _TICKS_PERIOD
         return diff
+
+
+# asyncio: MicroPython sleeps and times out in ms natively; CPython in seconds.
+try:
+    from asyncio import sleep_ms, wait_for_ms  # noqa: F401
+except ImportError:
+    import asyncio as _asyncio
+
+    def sleep_ms(ms):
+        return _asyncio.sleep(ms / 1000)
+
+    def wait_for_ms(aw, ms):
+        return _asyncio.wait_for(aw, ms / 1000)

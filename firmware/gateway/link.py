@@ -13,6 +13,19 @@
 # No allocation per poll where it can be avoided: the receive buffer, its
 # memoryview and the DL/T 645 data scratch are made once; modbus.Reply is
 # reused. Pure apart from the UART object handed in (constructor injection).
+#
+# One transaction is a generator (_run) that yields what it has to wait for:
+# an int > 0 waits up to that many ms for bytes, < 0 sleeps, _FLUSH waits for
+# the request to leave the wire. Two drivers run it: blocking (dlt645(),
+# modbus(): uart.wait, uart.flush) and asyncio (dlt645_async(),
+# modbus_async(): uart.wait_async, asyncio sleeps for the wire time so the
+# loop keeps serving MQTT while the bus works). The logic exists once.
+#
+# Learned latency: a Latency per meter keeps the time from the end of the
+# request to the first reply byte. The first attempt of a transaction waits
+# only a few times that (never less than LATENCY_FLOOR_MS, never more than
+# the configured timeout), retries wait the full timeout, so a dead or
+# silent fast meter does not cost 500 ms per item.
 from gateway.compat import const, ticks_ms, ticks_diff
 from gateway.protocols import dlt645, modbus
 
@@ -32,6 +45,46 @@ MAX_TIMEOUT_MS = const(10000)
 
 _DLT = const(0)
 _MODBUS = const(1)
+_FLUSH = const(0)  # yielded: wait until the request has left the wire
+
+LATENCY_FLOOR_MS = const(80)  # an adaptive first wait is never shorter
+LATENCY_FACTOR = const(3)  # ...and is this many times the slowest recent reply
+LATENCY_MARGIN_MS = const(30)
+
+
+class Latency:
+    """Learned response latency of one meter: end of request -> first byte (ms).
+
+    Keeps an exponential average and a slowly decaying maximum; timeout()
+    is what the first attempt waits (the configured timeout until there is
+    a sample)."""
+
+    def __init__(self):
+        self.samples = 0
+        self.avg_ms = 0
+        self.max_ms = 0
+
+    def add(self, ms):
+        if ms < 0:
+            ms = 0
+        if self.samples == 0:
+            self.avg_ms = ms
+            self.max_ms = ms
+        else:
+            self.avg_ms += (ms - self.avg_ms) // 4
+            # the maximum decays by 1/16 a sample, so one slow reply is not forgotten at once
+            self.max_ms -= self.max_ms // 16
+            if ms > self.max_ms:
+                self.max_ms = ms
+        self.samples += 1
+
+    def timeout(self, configured):
+        if self.samples == 0:
+            return configured
+        t = self.max_ms * LATENCY_FACTOR + LATENCY_MARGIN_MS
+        if t < LATENCY_FLOOR_MS:
+            t = LATENCY_FLOOR_MS
+        return t if t < configured else configured
 
 
 def result_name(result):
@@ -101,6 +154,7 @@ class Link:
         self.reply = modbus.Reply()
         self.frame = None
         self.got = 0
+        self.first_ms = -1  # latency of the first reply byte of the last attempt
         self.idle_junk = 0  # bytes heard outside any reply window
         self.line = None
         self._gap_ms = 2
@@ -140,27 +194,24 @@ class Link:
         self.idle_junk += n
         return n
 
-    def _quiet(self):
-        """Keep 3.5 character times of silence since the last activity."""
-        if self._last is None or self.sleep is None:
-            return
-        left = self._gap_ms - ticks_diff(self.ticks(), self._last)
-        if left > 0:
-            self.sleep(left)
-
-    def send(self, request):
+    def _send(self, request):
+        """Generator: quiet gap, drain, DE up, write, wait for the wire, DE down."""
         uart = self.uart
-        self._quiet()
+        if self._last is not None:
+            left = self._gap_ms - ticks_diff(self.ticks(), self._last)
+            if left > 0:
+                yield -left
         self.drain()
         uart.de(True)
         uart.write(request)
-        uart.flush()  # the last stop bit is out: only now may DE drop
+        yield _FLUSH  # the last stop bit is out: only now may DE drop
         uart.de(False)
         self._last = self.ticks()
 
     def _collect(self, request, timeout_ms, byte_timeout_ms):
-        """Read bytes until _scan() has a frame or the line times out.
-        Returns (result, junk)."""
+        """Generator: read bytes until _scan() has a frame or the line times
+        out. Returns (result, junk); .first_ms is the latency of the first
+        byte (-1: none came)."""
         uart = self.uart
         ticks = self.ticks
         buf = self.buf
@@ -170,6 +221,7 @@ class Link:
         start = ticks()
         last = None
         junk = 0
+        self.first_ms = -1
         echo = len(request) if self.echo else 0
         skip = 0  # bytes of our own echo at the front
         while True:
@@ -180,7 +232,8 @@ class Link:
                 left = byte_timeout_ms - ticks_diff(now, last)
             if left <= 0:
                 break
-            if not uart.wait(left):
+            waiting = yield left
+            if not waiting:
                 continue
             if got >= size:  # more than any reply holds: drop it as junk
                 junk += got - skip
@@ -207,6 +260,8 @@ class Link:
                     last = None  # the reply's response window starts now
                     start = ticks()
             if got > skip:
+                if self.first_ms < 0:
+                    self.first_ms = ticks_diff(ticks(), start)
                 result, j = self._scan(skip, got)
                 if result == OK:
                     self.got = got
@@ -228,36 +283,102 @@ class Link:
             return self._scan_dlt(start, end)
         return self._scan_modbus(start, end)
 
-    def _run(self, request, counters, timeout_ms, byte_timeout_ms, retries):
+    def _run(self, request, counters, timeout_ms, byte_timeout_ms, retries, latency):
+        """Generator: the whole transaction with its retries; returns the result."""
         if timeout_ms > MAX_TIMEOUT_MS:
             timeout_ms = MAX_TIMEOUT_MS
         result = TIMEOUT
-        for _attempt in range(retries + 1):
+        for attempt in range(retries + 1):
             self.frame = None
-            self.send(request)
+            yield from self._send(request)
             if counters is not None:
                 counters.sent += 1
-            result, junk = self._collect(request, timeout_ms, byte_timeout_ms)
+            wait = timeout_ms
+            if attempt == 0 and latency is not None and retries > 0:
+                wait = latency.timeout(timeout_ms)  # a retry still gets the full timeout
+            result, junk = yield from self._collect(request, wait, byte_timeout_ms)
             if counters is not None:
                 counters.count(result)
                 counters.junk_bytes += junk
+            if latency is not None and self.first_ms >= 0 and result != TIMEOUT:
+                latency.add(self.first_ms)
             if result == OK:
                 return OK
         return result
 
+    def _wire_ms(self, n):
+        line = self.line or (2400, "E", 8, 1, False)
+        return int(n * char_ms(line[0], line[2], line[1], line[3]) + 0.999)
+
+    def _drive(self, gen):
+        """Run a transaction blocking: uart.wait / uart.flush / sleep."""
+        uart = self.uart
+        try:
+            op = next(gen)
+            while True:
+                if op > 0:
+                    op = gen.send(uart.wait(op))
+                elif op == _FLUSH:
+                    uart.flush()
+                    op = gen.send(0)
+                else:
+                    if self.sleep is not None:
+                        self.sleep(-op)
+                    op = gen.send(0)
+        except StopIteration as stop:
+            return stop.value
+
+    async def _drive_async(self, gen, n_request):
+        """Run a transaction from asyncio: the loop serves other tasks while
+        the request is on the wire and while the meter thinks."""
+        from gateway.compat import sleep_ms
+
+        uart = self.uart
+        try:
+            op = next(gen)
+            while True:
+                if op > 0:
+                    op = gen.send(await uart.wait_async(op))
+                elif op == _FLUSH:
+                    await sleep_ms(self._wire_ms(n_request))
+                    uart.flush()  # returns at once: the bytes are out by now
+                    op = gen.send(0)
+                else:
+                    await sleep_ms(-op)
+                    op = gen.send(0)
+        except StopIteration as stop:
+            return stop.value
+
+    def send(self, request):
+        """Send a request without waiting for a reply (broadcasts)."""
+        self._drive(self._send(request))
+
+    async def send_async(self, request):
+        await self._drive_async(self._send(request), len(request))
+
     # -- DL/T 645 ---------------------------------------------------------
 
-    def dlt645(self, request, address, function, di=None, counters=None,
-               timeout_ms=RESPONSE_TIMEOUT_MS, byte_timeout_ms=BYTE_TIMEOUT_MS, retries=0):
-        """Send a DL/T 645 request (FE preamble included by the builder) and
-        wait for the reply from `address` (6 wire bytes; None accepts any)
-        to `function`, echoing `di` (int) when the reply is normal.
-        Returns OK / TIMEOUT / BAD_CHECKSUM / BAD_FRAME; .frame on OK."""
+    def _dlt645(self, request, address, function, di, counters, timeout_ms, byte_timeout_ms, retries, latency):
         self._mode = _DLT
         self._address = address
         self._function = function
         self._di = di
-        return self._run(request, counters, timeout_ms, byte_timeout_ms, retries)
+        return self._run(request, counters, timeout_ms, byte_timeout_ms, retries, latency)
+
+    def dlt645(self, request, address, function, di=None, counters=None,
+               timeout_ms=RESPONSE_TIMEOUT_MS, byte_timeout_ms=BYTE_TIMEOUT_MS, retries=0, latency=None):
+        """Send a DL/T 645 request (FE preamble included by the builder) and
+        wait for the reply from `address` (6 wire bytes; None accepts any)
+        to `function`, echoing `di` (int) when the reply is normal.
+        Returns OK / TIMEOUT / BAD_CHECKSUM / BAD_FRAME; .frame on OK."""
+        return self._drive(self._dlt645(request, address, function, di, counters, timeout_ms, byte_timeout_ms,
+                                        retries, latency))
+
+    async def dlt645_async(self, request, address, function, di=None, counters=None,
+                           timeout_ms=RESPONSE_TIMEOUT_MS, byte_timeout_ms=BYTE_TIMEOUT_MS, retries=0, latency=None):
+        """dlt645() for asyncio callers (hold the bus lock around it)."""
+        return await self._drive_async(self._dlt645(request, address, function, di, counters, timeout_ms,
+                                                    byte_timeout_ms, retries, latency), len(request))
 
     def _scan_dlt(self, start, end):
         buf = self.buf
@@ -294,17 +415,27 @@ class Link:
 
     # -- Modbus RTU --------------------------------------------------------
 
-    def modbus(self, request, unit, function, count=0, counters=None,
-               timeout_ms=RESPONSE_TIMEOUT_MS, byte_timeout_ms=BYTE_TIMEOUT_MS, retries=0):
-        """Send a Modbus RTU request and wait for the reply of `unit` to
-        `function` (count: registers asked for, 0 = any). Returns OK (a
-        normal or an exception reply: see .reply.status) / TIMEOUT /
-        BAD_CHECKSUM / BAD_FRAME."""
+    def _modbus(self, request, unit, function, count, counters, timeout_ms, byte_timeout_ms, retries, latency):
         self._mode = _MODBUS
         self._unit = unit
         self._function = function
         self._count = count
-        return self._run(request, counters, timeout_ms, byte_timeout_ms, retries)
+        return self._run(request, counters, timeout_ms, byte_timeout_ms, retries, latency)
+
+    def modbus(self, request, unit, function, count=0, counters=None,
+               timeout_ms=RESPONSE_TIMEOUT_MS, byte_timeout_ms=BYTE_TIMEOUT_MS, retries=0, latency=None):
+        """Send a Modbus RTU request and wait for the reply of `unit` to
+        `function` (count: registers asked for, 0 = any). Returns OK (a
+        normal or an exception reply: see .reply.status) / TIMEOUT /
+        BAD_CHECKSUM / BAD_FRAME."""
+        return self._drive(self._modbus(request, unit, function, count, counters, timeout_ms, byte_timeout_ms,
+                                        retries, latency))
+
+    async def modbus_async(self, request, unit, function, count=0, counters=None,
+                           timeout_ms=RESPONSE_TIMEOUT_MS, byte_timeout_ms=BYTE_TIMEOUT_MS, retries=0, latency=None):
+        """modbus() for asyncio callers (hold the bus lock around it)."""
+        return await self._drive_async(self._modbus(request, unit, function, count, counters, timeout_ms,
+                                                    byte_timeout_ms, retries, latency), len(request))
 
     def _scan_modbus(self, start, end):
         reply = self.reply

@@ -115,3 +115,10 @@ def chunks(data, size, gap_ms, first_ms=40):
         out.append((t, data[i:i + size]))
         t += gap_ms
     return out
+
+
+class AsyncFakeUart(FakeUart):
+    """FakeUart with the HAL's wait_async (the fake clock still does the waiting)."""
+
+    async def wait_async(self, timeout_ms):
+        return self.wait(timeout_ms)

@@ -232,3 +232,82 @@ def test_modbus_junk_before_the_reply_is_skipped():
     c = lk.Counters()
     assert _mb(link, c) == lk.OK
     assert c.junk_bytes == 2
+
+
+# -- learned latency and the asyncio driver ------------------------------------
+
+def test_latency_learns_and_bounds_the_first_wait():
+    lat = lk.Latency()
+    assert lat.timeout(500) == 500  # nothing learned yet: the configured timeout
+    for _ in range(5):
+        lat.add(40)
+    assert lat.timeout(500) == 3 * 40 + 30
+    lat.add(10)
+    assert lat.timeout(500) >= 3 * 37 + 30  # one fast reply does not shrink it at once
+    fast = lk.Latency()
+    fast.add(2)
+    assert fast.timeout(500) == lk.LATENCY_FLOOR_MS
+    slow = lk.Latency()
+    slow.add(400)
+    assert slow.timeout(500) == 500  # never beyond the configured timeout
+
+
+def test_a_silent_fast_meter_costs_its_learned_wait_not_the_full_timeout():
+    replies = [[(40, REPLY_V)]] * 4
+    link, uart, clock = _link(script(*replies))
+    c = lk.Counters()
+    lat = lk.Latency()
+    req = dlt645.build_read(ADDR, DI_V)
+    for _ in range(4):
+        assert link.dlt645(req, WIRE, dlt645.FN_READ, DI_V, c, 500, 100, 1, lat) == lk.OK
+    assert lat.samples == 4 and lat.avg_ms == 40
+    t0 = clock.now
+    assert link.dlt645(req, WIRE, dlt645.FN_READ, DI_V, c, 500, 100, 1, lat) == lk.TIMEOUT
+    took = clock.now - t0
+    # first attempt waits 3 x 40 + 30 = 150 ms, the retry the full 500 (plus the gaps between them)
+    assert 650 <= took < 700, took
+    assert c.sent == 6 and c.timeout == 2
+
+
+def _run_async(coro):
+    import asyncio
+
+    return asyncio.run(coro)
+
+
+def test_async_transaction_gives_what_the_blocking_one_gives():
+    from fakeuart import AsyncFakeUart
+
+    clock = Clock()
+    uart = AsyncFakeUart(clock, script([(40, REPLY_V)], None, [(30, b"\xfe\xfe" + REPLY_V)]))
+    link = lk.Link(uart, clock.ticks, clock.sleep)
+    c = lk.Counters()
+    req = dlt645.build_read(ADDR, DI_V)
+
+    async def main():
+        r1 = await link.dlt645_async(req, WIRE, dlt645.FN_READ, DI_V, c, 500, 100, 1)
+        data = bytes(link.frame.item_data())
+        return r1, data
+
+    assert _run_async(main()) == (lk.OK, b"\x01\x22")
+    # a timeout, then the retry gets the reply
+    r2 = _run_async(link.dlt645_async(req, WIRE, dlt645.FN_READ, DI_V, c, 500, 100, 1))
+    assert r2 == lk.OK
+    assert c.as_dict()["sent"] == 3 and c.valid == 2 and c.timeout == 1
+    kinds = [e[0] for e in uart.events if e[0] != "init"]
+    # DE still frames every write: up, write, flush, down
+    assert kinds[:4] == ["de", "write", "flush", "de"]
+    assert uart.writes_with_de_off == 0
+
+
+def test_async_modbus_transaction():
+    from fakeuart import AsyncFakeUart
+
+    clock = Clock()
+    reply = _mb_reply(3, 4, b"\x43\x5c\x00\x00")
+    uart = AsyncFakeUart(clock, script([(25, reply)]))
+    link = lk.Link(uart, clock.ticks, clock.sleep)
+    c = lk.Counters()
+    req = modbus.read_request(3, 4, 0, 2)
+    assert _run_async(link.modbus_async(req, 3, 4, 2, c)) == lk.OK
+    assert bytes(link.buf[link.reply.data_start:link.reply.data_end]) == b"\x43\x5c\x00\x00"
