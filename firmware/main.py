@@ -1,7 +1,8 @@
 # Gateway entry point: load the config from flash, build the HAL for this
 # runtime, hand both to the app. Nothing here may stop the board for good: a
-# bad config boots with defaults, a crashing app is logged and restarted after
-# a pause. Ctrl-C (KeyboardInterrupt) and SystemExit (hal.reset) still pass.
+# bad config boots on the last good one, else the defaults (gateway/config.py,
+# safe mode), a crashing app is logged and restarted after a pause. Ctrl-C
+# (KeyboardInterrupt) and SystemExit (hal.reset) still pass.
 import sys
 import time
 
@@ -23,20 +24,29 @@ def log_exc(what, exc):
         traceback.print_exception(exc)
 
 
-def load_config(path=CONFIG):
+def load_config_checked(path=CONFIG):
+    """(config, errors, source) through gateway.config's safe mode: a bad
+    config.json boots on the last good one (config.good.json), else on the
+    defaults. Never raises: if the loader itself fails, the defaults."""
     try:
-        import json
+        from gateway import config as cf
 
-        with open(path) as f:
-            cfg = json.load(f)
-        if not isinstance(cfg, dict):
-            raise ValueError("config is not a JSON object")
-        return cfg
-    except OSError:
-        return {}  # no config yet: an unprovisioned board
-    except Exception as exc:  # noqa: BLE001 - a bad config must not brick the board
-        log_exc("bad " + path + ", booting with defaults", exc)
-        return {}
+        files = cf.FlashFiles()
+        return cf.load(files.read, (path,), cf.GOOD, files.write, files.rename, files.remove)
+    except Exception as exc:  # noqa: BLE001 - a broken loader must not brick the board
+        log_exc("config loader failed, booting with defaults", exc)
+        return {}, [("config", "loader failed: %r" % (exc,))], "defaults"
+
+
+def load_config(path=CONFIG):
+    """The config the board runs on (a dict; see load_config_checked)."""
+    return load_config_checked(path)[0]
+
+
+def report_config(errors, source, path=CONFIG):
+    for where, reason in errors:
+        log("config error: %s: %s" % (where, reason))
+    log("config source: %s%s" % (source, " (safe mode)" if source != path else ""))
 
 
 def build_hal(cfg):
@@ -61,13 +71,28 @@ def find_app():
 
 
 def main():
-    cfg = load_config()
+    cfg, errors, source = load_config_checked()
     try:
         hal = build_hal(cfg)
     except Exception as exc:  # noqa: BLE001
         log_exc("HAL with this config failed, using defaults", exc)
-        cfg = {}
+        errors = list(errors) + [("board", "HAL failed: %r" % (exc,))]
+        source = "defaults"
+        try:
+            from gateway import config as cf
+
+            cfg = cf.defaults()
+        except Exception:  # noqa: BLE001
+            cfg = {}
         hal = build_hal(cfg)
+    # What the app (and its MQTT status report) reads: hal.config is the
+    # config in use, defaults filled in; hal.config_errors a list of
+    # (path, reason); hal.config_source "config.json", "config.good.json"
+    # (safe mode) or "defaults".
+    hal.config = cfg
+    hal.config_errors = errors
+    hal.config_source = source
+    report_config(errors, source)
     log("boot device=%s reset=%s hal=%s" % (hal.device_id(), hal.reset_cause(), hal.name))
     while True:
         try:
