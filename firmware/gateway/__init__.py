@@ -1,1 +1,2 @@
 # Metergate gateway application (MicroPython; also imports under CPython for tests).
+VERSION = "0.4.0"

@@ -1,8 +1,14 @@
 # The gateway application: main.py calls run(hal) with the HAL it built for
-# this board (hal.config holds config.json). For now: poll the configured
-# meters and print READING / HEALTH lines on the console (gateway/poller.py).
-from gateway.poller import Poller
+# this board (hal.config holds the validated config.json; hal.config_errors
+# and hal.config_source say what safe mode did). The work itself is
+# gateway/runtime.py: polling, the spool, MQTT, health and commands.
 
 
-def run(hal, cycles=None):
-    Poller(hal, getattr(hal, "config", None) or {}).run(cycles)
+def run(hal):
+    import asyncio
+
+    from gateway.runtime import Runtime
+
+    rt = Runtime(hal, getattr(hal, "config", None) or {}, getattr(hal, "config_errors", ()),
+                 getattr(hal, "config_source", "config.json"))
+    asyncio.run(rt.main())

@@ -6,6 +6,15 @@
 # which one a meter speaks (ITEM_ALIASES); a raw DL/T 645 DI ("02010100",
 # "B611") or a Modbus map quantity ("voltage_a") works too. Config keys:
 # docs/gateway-config.md.
+#
+# Poll groups: a meter's items are read in groups, each with its own interval
+# (`groups`, or one group of `items` every `poll_interval_s`).
+# Block reads (DL/T 645): two or more items of one family (voltage A/B/C,
+# 0201FF00; power total/A/B/C, 0203FF00; ...) are read with one block request
+# when `block_read` allows ("auto" by default); a meter that answers the
+# block with an error or a wrong length gets the single reads in the same poll
+# and the family is remembered as "no block" for that meter.
+# poll() is a coroutine: the caller owns the bus (one task at a time).
 from gateway import link as lk
 from gateway.protocols import dlt645, dlt645_1997, dlt645_items, modbus, modbus_maps
 
@@ -40,6 +49,31 @@ DEFAULT_ITEMS = ("voltage", "current", "power", "energy_forward", "energy_revers
 # at 1200 8E1; Modbus: the model's factory setting.
 _DLT_LINE = {"dlt645-2007": 2400, "dlt645-1997": 1200}
 COLLECTOR_TIMEOUT_MS = 2000  # a collector relays the request to its meters first
+DEFAULT_INTERVAL_S = 10
+
+# Plausibility limits by unit (a value outside is published as "implausible").
+_LIMITS = {"V": (0, 600), "A": (-10000, 10000), "kW": (-100000, 100000), "kvar": (-100000, 100000),
+           "Hz": (40, 70), "": (-1.0, 1.0), "kWh": (-1000000, 1000000)}
+_MONOTONIC = ("energy_forward", "energy_reverse", "00010000", "00020000", "9010", "9020")
+_ROLLOVER_KWH = 999999.99
+
+
+def quality(name, unit, value, previous=None):
+    """"good" or "implausible" for a value read without a link error.
+    previous: the last good value of a cumulative register, or None."""
+    v = float(value)
+    lim = _LIMITS.get(unit)
+    if lim is not None and not lim[0] <= v <= lim[1]:
+        return "implausible"
+    if name in _MONOTONIC:
+        if v < 0:
+            return "implausible"
+        if previous is not None:
+            p = float(previous)
+            # a register going back is a fault, unless it rolled over at 999999.99
+            if v + 0.005 < p and not (p > _ROLLOVER_KWH - 1000 and v < 1000):
+                return "implausible"
+    return "good"
 
 
 class ConfigError(ValueError):
@@ -113,8 +147,53 @@ class Meter:
                                         5, 1000, mid)
         self.retries = _int_opt(cfg, "retries", defaults.get("retries", 1), 0, 5, mid)
         self.counters = lk.Counters()
+        self.latency = lk.Latency()
         self.last_error = None
         self.seq = 0
+        self.previous = {}  # cumulative item -> last good value (plausibility)
+        self.clock_drift_s = None  # meter clock - true time, from the last clock check
+        self.clock_error = None
+        col = cfg.get("collector")
+        self.collector = col if isinstance(col, str) else ("collector" if col is True else None)
+        self.exporting = bool(cfg.get("exporting", False))
+        interval = defaults.get("poll_interval_s", DEFAULT_INTERVAL_S)
+        groups = cfg.get("groups")
+        self.groups = []
+        if groups is None:
+            self.groups.append(("main", self.items, int(interval * 1000)))
+        else:
+            if not isinstance(groups, (list, tuple)) or not groups:
+                raise ConfigError("%s: groups must be a non-empty list" % mid)
+            names = []
+            for k in range(len(groups)):
+                g = groups[k]
+                if not isinstance(g, dict):
+                    raise ConfigError("%s: groups[%d] must be an object" % (mid, k))
+                its = g.get("items")
+                if not isinstance(its, (list, tuple)) or not its:
+                    raise ConfigError("%s: groups[%d].items must be a non-empty list" % (mid, k))
+                for it in its:
+                    if not isinstance(it, str):
+                        raise ConfigError("%s: groups[%d] item %r is not a string" % (mid, k, it))
+                    if it not in names:
+                        names.append(it)
+                iv = g.get("interval_s", interval)
+                if isinstance(iv, bool) or not isinstance(iv, (int, float)) or not 0.1 <= iv <= 86400:
+                    raise ConfigError("%s: groups[%d].interval_s must be 0.1..86400" % (mid, k))
+                self.groups.append((g.get("name") or "g%d" % k, tuple(its), int(iv * 1000)))
+            self.items = tuple(names)
+
+    def judge(self, values):
+        """{name: (value, unit)} -> {name: (value, unit, quality)}; remembers cumulative values."""
+        out = {}
+        prev = self.previous
+        for name in values:
+            v, unit = values[name]
+            q = quality(name, unit, v, prev.get(name))
+            if q == "good" and name in _MONOTONIC:
+                prev[name] = v
+            out[name] = (v, unit, q)
+        return out
 
     def _line(self, cfg, baud, parity):
         mid = self.id
@@ -134,7 +213,7 @@ class Meter:
 
 
 class DltMeter(Meter):
-    """DL/T 645-2007 or -1997: one read request per item."""
+    """DL/T 645-2007 or -1997: one read per item, or one per block family."""
 
     def __init__(self, cfg, defaults=None):
         Meter.__init__(self, cfg, defaults)
@@ -149,8 +228,14 @@ class DltMeter(Meter):
         except dlt645.DLT645Error as exc:
             raise ConfigError("%s: address %r: %s" % (self.id, addr, exc))
         self._line(cfg, _DLT_LINE[self.protocol], "E")
-        # item -> (DI int, request frame) or the reason it cannot be read
-        self.plan = []
+        block = cfg.get("block_read", "auto")
+        if block not in (True, False, "auto"):
+            raise ConfigError("%s: block_read must be true, false or \"auto\"" % self.id)
+        self.block_read = block
+        self.no_block = []  # block DIs this meter refused: read singly from now on
+        self._fn = dlt645.FN_READ if self.version == 2007 else dlt645_1997.FN_READ
+        # item -> (DI int, request frame, unit) or the reason it cannot be read
+        self.entries = {}
         slot = 0 if self.version == 2007 else 1
         for name in self.items:
             di = name
@@ -158,42 +243,104 @@ class DltMeter(Meter):
             if alias is not None:
                 di = alias[slot]
                 if di is None:
-                    self.plan.append((name, None, "not_in_dlt645_%d" % self.version))
+                    self.entries[name] = "not_in_dlt645_%d" % self.version
                     continue
             try:
                 info = dlt645_items.item_info(di, self.version)
                 if info["kind"] != "number" or info["block"]:
                     raise dlt645_items.UnknownItem("not a single number")
                 di_int = int(di, 16)
-                if self.version == 2007:
-                    req = dlt645.build_read(self.address, di_int)
-                else:
-                    req = dlt645_1997.build_read(self.address, di_int)
             except (ValueError, dlt645.DLT645Error):
-                self.plan.append((name, None, "unknown_item"))
+                self.entries[name] = "unknown_item"
                 continue
-            self.plan.append((name, (di_int, req, info["unit"]), None))
-        self._fn = dlt645.FN_READ if self.version == 2007 else dlt645_1997.FN_READ
+            self.entries[name] = (di_int, self._request(di_int), info["unit"])
+        # per group: [(block DI, block request, [names])] for families of >= 2 items, and the other names
+        self.plans = []
+        for _gname, items, _iv in self.groups:
+            families = {}
+            order = []
+            for name in items:
+                e = self.entries.get(name)
+                if isinstance(e, tuple) and self.block_read is not False:
+                    bdi = self._block_di(e[0])
+                    if bdi is not None:
+                        if bdi not in families:
+                            families[bdi] = []
+                            order.append(bdi)
+                        families[bdi].append(name)
+            blocks = []
+            in_block = []
+            for bdi in order:
+                if len(families[bdi]) >= 2:
+                    blocks.append((bdi, self._request(bdi), families[bdi]))
+                    in_block.extend(families[bdi])
+            singles = [n for n in items if n not in in_block]
+            self.plans.append((blocks, singles))
 
-    def poll(self, link):
+    def _request(self, di):
+        if self.version == 2007:
+            return dlt645.build_read(self.address, di)
+        return dlt645_1997.build_read(self.address, di)
+
+    def _block_di(self, di):
+        """The block DI of di's family (0201FF00 for 02010100; B61F for B611), or None."""
+        bdi = di | 0xFF00 if self.version == 2007 else di | 0xF
+        if bdi == di:
+            return None
+        try:
+            _row, block = dlt645_items.lookup(bdi, self.version)
+        except dlt645.DLT645Error:
+            return None
+        return bdi if block else None
+
+    def _error_reason(self, f):
+        names = (dlt645.error_names(f.error) if self.version == 2007
+                 else dlt645_1997.error_names(f.error)) if f.error is not None else ()
+        return "meter_error:" + ("+".join(names) or "unknown")
+
+    async def _read(self, link, di, req):
+        """One read: (OK, frame) or (link result, None)."""
+        res = await link.dlt645_async(req, self.address, self._fn, di, self.counters, self.timeout_ms,
+                                      self.byte_timeout_ms, self.retries, self.latency)
+        return res, (link.frame if res == lk.OK else None)
+
+    async def poll(self, link, group=0):
+        """Read one group's items: (values {name: (Num, unit)}, errors {name: reason})."""
         values = {}
         errors = {}
-        self.select_line(link)
-        for name, what, why in self.plan:
-            if what is None:
-                errors[name] = why
+        link.configure(self.line[0], self.line[1], self.line[2], self.line[3])
+        blocks, singles = self.plans[group]
+        todo = list(singles)
+        for bdi, req, names in blocks:
+            if bdi in self.no_block:
+                todo.extend(names)
                 continue
-            di, req, unit = what
-            res = link.dlt645(req, self.address, self._fn, di, self.counters,
-                              self.timeout_ms, self.byte_timeout_ms, self.retries)
+            res, f = await self._read(link, bdi, req)
+            if res != lk.OK:
+                for name in names:
+                    errors[name] = lk.result_name(res)
+                continue
+            if f.abnormal:  # the meter has no such block: single reads, now and from now on
+                self.no_block.append(bdi)
+                todo.extend(names)
+                continue
+            if not self._split_block(bdi, f.item_data(), names, values, errors):
+                self.no_block.append(bdi)
+                for name in names:
+                    errors.pop(name, None)
+                todo.extend(names)
+        for name in todo:
+            e = self.entries.get(name)
+            if not isinstance(e, tuple):
+                errors[name] = e or "unknown_item"
+                continue
+            di, req, unit = e
+            res, f = await self._read(link, di, req)
             if res != lk.OK:
                 errors[name] = lk.result_name(res)
                 continue
-            f = link.frame
             if f.abnormal:
-                names = (dlt645.error_names(f.error) if self.version == 2007
-                         else dlt645_1997.error_names(f.error)) if f.error is not None else ()
-                errors[name] = "meter_error:" + ("+".join(names) or "unknown")
+                errors[name] = self._error_reason(f)
                 continue
             try:
                 mag, dec = dlt645_items.decode_scaled(di, f.item_data(), self.version)
@@ -202,6 +349,84 @@ class DltMeter(Meter):
                 continue
             values[name] = (Num(mag, dec), unit)
         return values, errors
+
+    def _split_block(self, bdi, data, names, values, errors):
+        """Members of a block reply -> values; False when the reply does not fit the block."""
+        row, block = dlt645_items.lookup(bdi, self.version)
+        size = row.size
+        n = len(data)
+        if n == 0 or n % size:
+            return False
+        count = n // size
+        shift, mask, lo = block[0], block[1], block[2]
+        for name in names:
+            di, _req, unit = self.entries[name]
+            k = ((di >> shift) & mask) - lo
+            if k < 0 or k >= count:
+                errors[name] = "meter_error:no_such_data"  # the meter's block stops short of it
+                continue
+            try:
+                mag, dec = dlt645_items.decode_scaled(di, data[k * size:(k + 1) * size], self.version)
+            except dlt645.DLT645Error as exc:
+                errors[name] = "decode:" + type(exc).__name__
+                continue
+            values[name] = (Num(mag, dec), unit)
+        return True
+
+    def requests_per_poll(self, group=0):
+        """How many requests a poll of this group sends (for the poll budget)."""
+        blocks, singles = self.plans[group]
+        return len(blocks) + len(singles)
+
+    async def read_clock(self, link, tz_offset_s):
+        """The meter's clock as Unix seconds (UTC), or (None, reason).
+        Meters keep local time: tz_offset_s is local - UTC (Beijing: 28800)."""
+        link.configure(self.line[0], self.line[1], self.line[2], self.line[3])
+        dis = (0x04000101, 0x04000102) if self.version == 2007 else (0xC010, 0xC011)
+        got = []
+        for di in dis:
+            res, f = await self._read(link, di, self._request(di))
+            if res != lk.OK:
+                return None, lk.result_name(res)
+            if f.abnormal:
+                return None, self._error_reason(f)
+            try:
+                got.append(dlt645_items.decode_item(di, f.item_data(), self.version))
+            except dlt645.DLT645Error as exc:
+                return None, "decode:" + type(exc).__name__
+        (y, mo, d, _w), (h, mi, sec) = got
+        return civil_to_epoch(y, mo, d, h, mi, sec) - tz_offset_s, None
+
+
+def civil_to_epoch(y, mo, d, h=0, mi=0, s=0):
+    """Seconds since 1970-01-01 00:00 of a calendar date and time (proleptic
+    Gregorian, no time zone): the same on every port (time.mktime is not)."""
+    y -= mo <= 2
+    era = y // 400
+    yoe = y - era * 400
+    doy = (153 * (mo + (-3 if mo > 2 else 9)) + 2) // 5 + d - 1
+    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+    days = era * 146097 + doe - 719468
+    return days * 86400 + h * 3600 + mi * 60 + s
+
+
+def epoch_to_civil(t):
+    """Inverse of civil_to_epoch: (year, month, day, hour, minute, second, weekday 0=Sunday)."""
+    days = t // 86400
+    rem = t - days * 86400
+    weekday = (days + 4) % 7  # 1970-01-01 was a Thursday
+    z = days + 719468
+    era = z // 146097
+    doe = z - era * 146097
+    yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
+    y = yoe + era * 400
+    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    mp = (5 * doy + 2) // 153
+    d = doy - (153 * mp + 2) // 5 + 1
+    mo = mp + (3 if mp < 10 else -9)
+    if mo <= 2:
+        y += 1
+    return (y, mo, d, rem // 3600, (rem // 60) % 60, rem % 60, weekday)
 
 
 class ModbusMeter(Meter):
@@ -222,33 +447,48 @@ class ModbusMeter(Meter):
         self.unit = unit
         self._line(cfg, self.model["baud"], self.model["parity"])
         known = modbus_maps.quantities(self.model)
-        self.bad = []  # (name, reason)
-        self.names = {}  # quantity -> [published names]
-        for item in self.items:
-            q = item
-            alias = ITEM_ALIASES.get(item)
-            if alias is not None:
-                q = alias[2]
-            if q is None or q not in known:
-                self.bad.append((item, "not_in_model" if alias is not None else "unknown_item"))
-                continue
-            self.names.setdefault(q, []).append(item)
         self.units = {}
         for p in self.model["points"]:
             self.units[p[0]] = p[4]
-        self.reads = modbus_maps.plan(self.model, list(self.names)) if self.names else []
-        self.requests = [r.request(self.unit) for r in self.reads]
+        self.names = {}  # quantity -> [published names]
+        self.plans = []  # per group: (planned reads, their requests, [(item, reason)])
+        for _gname, items, _iv in self.groups:
+            bad = []
+            qs = []
+            for item in items:
+                q = item
+                alias = ITEM_ALIASES.get(item)
+                if alias is not None:
+                    q = alias[2]
+                if q is None or q not in known:
+                    bad.append((item, "not_in_model" if alias is not None else "unknown_item"))
+                    continue
+                names = self.names.setdefault(q, [])
+                if item not in names:
+                    names.append(item)
+                if q not in qs:
+                    qs.append(q)
+            reads = modbus_maps.plan(self.model, qs) if qs else []
+            self.plans.append((reads, [r.request(self.unit) for r in reads], bad))
 
-    def poll(self, link):
+    def requests_per_poll(self, group=0):
+        return len(self.plans[group][0])
+
+    async def read_clock(self, link, tz_offset_s):
+        return None, "no_clock"  # the Modbus maps we support have no clock registers
+
+    async def poll(self, link, group=0):
         values = {}
         errors = {}
-        for item, why in self.bad:
+        reads, requests, bad = self.plans[group]
+        wanted = self.groups[group][1]
+        for item, why in bad:
             errors[item] = why
         self.select_line(link)
-        for k in range(len(self.reads)):
-            rd = self.reads[k]
-            res = link.modbus(self.requests[k], self.unit, rd.function, rd.count, self.counters,
-                              self.timeout_ms, self.byte_timeout_ms, self.retries)
+        for k in range(len(reads)):
+            rd = reads[k]
+            res = await link.modbus_async(requests[k], self.unit, rd.function, rd.count, self.counters,
+                                          self.timeout_ms, self.byte_timeout_ms, self.retries, self.latency)
             reason = None
             if res != lk.OK:
                 reason = lk.result_name(res)
@@ -262,6 +502,8 @@ class ModbusMeter(Meter):
                     got = None
             for q, _off, _typ, _scale in rd.items:
                 for name in self.names[q]:
+                    if name not in wanted:
+                        continue
                     if reason is not None:
                         errors[name] = reason
                         continue

@@ -1,0 +1,568 @@
+# The gateway's main job, as asyncio tasks (docs/runtime.md, docs/mqtt.md):
+#
+#   bus task    the only task that touches the RS-485 bus: poll groups when
+#               they are due, meter clock checks and broadcast time sync, and
+#               jobs that commands queue. One transaction at a time by design.
+#   publisher   readings leave the spool oldest-unsent-first: records written
+#               since the last round go out at once (live), the backlog after
+#               an outage is replayed at a paced rate so live data keeps flowing.
+#               A record leaves the spool only when the broker acknowledged it.
+#   health      a retained health message every health_interval_s.
+#   mqtt        the client's own loop (connect, keepalive, reconnect, resend).
+#
+# Every reading is written to the spool (with its per-gateway seq) before it
+# is published. No value is ever published that was not read: a failed read is
+# published as its error with quality "comm_error".
+import gc
+import json
+
+from gateway import VERSION
+from gateway import link as lk
+from gateway import meters as mt
+from gateway.compat import sleep_ms, ticks_add, ticks_diff, ticks_ms, wait_for_ms
+from gateway.protocols import dlt645
+from gateway.spool import Spool
+
+try:
+    import asyncio
+except ImportError:  # pragma: no cover - every port we run on has it
+    import uasyncio as asyncio
+
+HEALTH_INTERVAL_S = 60
+CLOCK_CHECK_S = 3600
+CLOCK_FIRST_S = 15  # first clock check this long after boot
+MAX_DRIFT_S = 60
+TZ_OFFSET_S = 28800  # meters keep Beijing time (UTC+8)
+SYNC_LIMIT_S = 300  # many meters refuse a broadcast correction above 5 min (unverified)
+REPLAY_PER_S = 20
+RESET_HISTORY = 16
+BOOT_FILE = "boot.json"
+
+
+def log(msg):
+    print("[app] " + msg)
+
+
+def _q(text):
+    return json.dumps(text)
+
+
+def _num(v):
+    if isinstance(v, mt.Num):
+        return v.text()
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    s = "%.7g" % v  # Modbus float32: 7 significant digits
+    return "null" if s in ("nan", "inf", "-inf") else s
+
+
+def reading_json(device, meter, seq, ts, group, items, judged, errors, units):
+    """The reading message (docs/mqtt.md): every item of the group, in order,
+    with its value or its error; numbers exact (DL/T 645 BCD never passes
+    through a float)."""
+    parts = []
+    for name in items:
+        if name in judged:
+            v, unit, q = judged[name]
+            parts.append("%s:{\"v\":%s,\"unit\":%s,\"q\":\"%s\",\"t\":%d}" % (_q(name), _num(v), _q(unit), q, ts))
+        else:
+            reason = errors.get(name) or errors.get("*") or "not_read"
+            unit = units.get(name)
+            u = ",\"unit\":%s" % _q(unit) if unit is not None else ""
+            parts.append("%s:{\"q\":\"comm_error\",\"error\":%s%s,\"t\":%d}" % (_q(name), _q(reason), u, ts))
+    extra = ""
+    if "*" in errors:
+        extra = ",\"error\":%s" % _q(errors["*"])
+    return "{\"device\":%s,\"meter\":%s,\"seq\":%d,\"ts\":%d,\"group\":%s,\"values\":{%s}%s}" % (
+        _q(device), _q(meter), seq, ts, _q(group), ",".join(parts), extra)
+
+
+def _section(cfg, key):
+    v = cfg.get(key)
+    return v if isinstance(v, dict) else {}
+
+
+class Runtime:
+    """Wires the HAL, the meters, the spool and MQTT together (see the top)."""
+
+    def __init__(self, hal, config, config_errors=(), config_source="config.json", mqtt_factory=None, out=None):
+        self.hal = hal
+        self.out = out or print
+        cfg = config if isinstance(config, dict) else {}
+        self.cfg = cfg
+        self.config_errors = list(config_errors or ())
+        self.config_source = config_source
+        self.device = hal.device_id()
+        mq = _section(cfg, "mqtt")
+        self.base = (mq.get("topic_prefix") or "metergate") + "/v1/" + self.device
+        self.qos = 1 if mq.get("qos", 1) else 0
+        self.replay_per_s = int(mq.get("replay_per_s", REPLAY_PER_S))
+        self.health_interval_ms = int(cfg.get("health_interval_s", HEALTH_INTERVAL_S) * 1000)
+        clock = _section(cfg, "clock")
+        self.clock_check_ms = int(clock.get("check_interval_s", CLOCK_CHECK_S) * 1000)
+        self.max_drift_s = clock.get("max_drift_s", MAX_DRIFT_S)
+        self.clock_sync = clock.get("sync", True)
+        self.tz_offset_s = clock.get("tz_offset_s", TZ_OFFSET_S)
+        self.meters = self._build_meters(cfg)
+        link_cfg = _section(cfg, "link")
+        self.link = lk.Link(hal.uart(), hal.ticks_ms, hal.sleep_ms, echo=bool(link_cfg.get("echo", False)))
+        sp = _section(cfg, "spool")
+        self.spool = Spool(hal.flash_path("spool"), max_bytes=sp.get("max_bytes", 131072),
+                           segments=sp.get("segments", 8), max_record=sp.get("max_record", 2048))
+        self.boot_count, self.resets = self._count_boot()
+        self.started = ticks_ms()
+        # schedule: [due tick, meter index, group index (-1: clock check), interval ms]
+        self.schedule = []
+        now = ticks_ms()
+        for k in range(len(self.meters)):
+            m = self.meters[k]
+            for g in range(len(m.groups)):
+                self.schedule.append([now, k, g, m.groups[g][2]])
+            if isinstance(m, mt.DltMeter) and self.clock_check_ms > 0:
+                self.schedule.append([ticks_add(now, CLOCK_FIRST_S * 1000), k, -1, self.clock_check_ms])
+        self.jobs = []  # coroutine functions queued by commands, run by the bus task
+        self.bus_wake = asyncio.Event()
+        self.pub_wake = asyncio.Event()
+        self.live = []  # seqs written since the publisher last ran
+        self.sent = {}  # seq -> pid: published, not yet acknowledged
+        self.pid_seq = {}
+        self.cursor = 0  # the backlog replay has looked at every seq up to here
+        self._window = ticks_ms()  # replay pacing: records replayed in the current second
+        self._window_n = 0
+        self.overruns = 0  # polls that started later than one interval after their due time
+        self.busy_ms = 0  # time the bus task spent in transactions
+        self.syncs = 0
+        self.stopping = False
+        self.mqtt = None
+        if mq.get("url"):
+            try:
+                self.mqtt = (mqtt_factory or self._make_mqtt)(mq)
+            except Exception as exc:  # noqa: BLE001 - a bad broker setting must not stop the polling
+                log("mqtt: not started: %r" % (exc,))
+                self.config_errors.append(("mqtt", "cannot start the client: %s" % exc))
+
+    # -- setup ---------------------------------------------------------------
+    def _build_meters(self, cfg):
+        defaults = dict(_section(cfg, "link"))
+        defaults["poll_interval_s"] = cfg.get("poll_interval_s", mt.DEFAULT_INTERVAL_S)
+        out = []
+        entries = cfg.get("meters", [])
+        if not isinstance(entries, list):
+            entries = []
+        seen = []
+        for k in range(len(entries)):
+            entry = entries[k]
+            mid = entry.get("id") if isinstance(entry, dict) else None
+            try:
+                if mid in seen:
+                    raise mt.ConfigError("%s: duplicate meter id" % mid)
+                m = mt.build(entry, defaults)
+            except Exception as exc:  # noqa: BLE001 - one bad entry must not stop the others
+                log("meter %s: bad config, skipped: %s" % (mid if mid else "#%d" % k, exc))
+                self.config_errors.append(("meters[%d]" % k, str(exc)))
+                continue
+            seen.append(m.id)
+            m.item_units = self._units(m)
+            out.append(m)
+        return out
+
+    def _units(self, m):
+        units = {}
+        if isinstance(m, mt.DltMeter):
+            for name in m.entries:
+                e = m.entries[name]
+                if isinstance(e, tuple):
+                    units[name] = e[2]
+        else:
+            for q in m.names:
+                for name in m.names[q]:
+                    units[name] = m.units[q]
+        return units
+
+    def _make_mqtt(self, mq):
+        from gateway import mqtt
+
+        url = mqtt.parse_url(mq["url"])
+        ssl = None
+        if url["tls"]:
+            ssl = {"server_hostname": url["host"], "verify": mq.get("verify", True)}
+            for key in ("ca", "cert", "key"):
+                if mq.get(key):
+                    with open(self.hal.flash_path(mq[key]), "rb") as f:
+                        ssl[key] = f.read()
+        will = (self.base + "/status", self._status_json("offline"), 1, True)
+        return mqtt.MQTTClient(mq.get("client_id") or self.device, url["host"], url["port"],
+                               user=mq.get("user", url.get("user")), password=mq.get("password", url.get("password")),
+                               keepalive=mq.get("keepalive_s", 60), clean_session=False, will=will, ssl=ssl,
+                               on_message=self.on_message, on_ack=self.on_ack, on_connect=self.on_connect,
+                               on_disconnect=self.on_disconnect)
+
+    def _count_boot(self):
+        path = self.hal.flash_path(BOOT_FILE)
+        boots, resets = 0, []
+        try:
+            with open(path) as f:
+                d = json.load(f)
+            boots = int(d.get("boots", 0))
+            resets = list(d.get("resets", []))[-(RESET_HISTORY - 1):]
+        except Exception:  # noqa: BLE001 - missing or damaged: start counting again
+            pass
+        boots += 1
+        resets.append(self.hal.reset_cause())
+        try:
+            import os
+
+            with open(path + ".tmp", "w") as f:
+                json.dump({"boots": boots, "resets": resets}, f)
+            os.rename(path + ".tmp", path)
+        except OSError as exc:
+            log("cannot record the boot: %r" % (exc,))
+        return boots, resets
+
+    # -- the bus task ----------------------------------------------------------
+    def _next_due(self):
+        best = None
+        now = ticks_ms()
+        for entry in self.schedule:
+            if best is None or ticks_diff(entry[0], now) < ticks_diff(best[0], now):
+                best = entry
+        return best
+
+    async def bus_task(self):
+        hal = self.hal
+        while not self.stopping:
+            hal.wdt_feed()
+            if self.jobs:
+                job = self.jobs.pop(0)
+                try:
+                    await job()
+                except Exception as exc:  # noqa: BLE001
+                    log("bus job failed: %r" % (exc,))
+                continue
+            entry = self._next_due()
+            if entry is None:
+                await self._idle(1000)
+                continue
+            wait = ticks_diff(entry[0], ticks_ms())
+            if wait > 0:
+                await self._idle(wait if wait < 1000 else 1000)
+                continue
+            late = -wait
+            if late > entry[3]:
+                self.overruns += 1
+                entry[0] = ticks_add(ticks_ms(), entry[3])  # the schedule slipped: restart from now
+            else:
+                entry[0] = ticks_add(entry[0], entry[3])
+            m = self.meters[entry[1]]
+            t0 = ticks_ms()
+            if entry[2] < 0:
+                await self.check_clock(m)
+            else:
+                await self.poll_group(m, entry[2])
+            self.busy_ms += ticks_diff(ticks_ms(), t0)
+
+    async def _idle(self, ms):
+        self.bus_wake.clear()
+        try:
+            await wait_for_ms(self.bus_wake.wait(), ms)
+        except asyncio.TimeoutError:
+            pass
+
+    def queue_job(self, job):
+        self.jobs.append(job)
+        self.bus_wake.set()
+
+    async def poll_group(self, m, g):
+        try:
+            values, errors = await m.poll(self.link, g)
+        except Exception as exc:  # noqa: BLE001 - a meter's failure must not stop the others
+            log("meter %s: poll failed: %r" % (m.id, exc))
+            values, errors = {}, {"*": "internal:" + type(exc).__name__}
+        ts = self.hal.time()
+        judged = m.judge(values)
+        m.seq += 1
+        name, items, _iv = m.groups[g]
+        for item in items:
+            if item in errors:
+                m.last_error = item + ": " + errors[item]
+                break
+        if "*" in errors:
+            m.last_error = errors["*"]
+        self.record(m, name, items, ts, judged, errors)
+        return judged, errors
+
+    def record(self, m, group, items, ts, judged, errors):
+        """Spool first, then hand to the publisher; the console gets a copy."""
+        seq = self.spool.next_seq
+        payload = reading_json(self.device, m.id, seq, ts, group, items, judged, errors, m.item_units)
+        try:
+            got = self.spool.append(payload.encode(), ts)
+        except Exception as exc:  # noqa: BLE001 - a full or failing flash must not stop the polling
+            log("spool: reading of %s not stored: %r" % (m.id, exc))
+            got = None
+        self.out("READING " + payload)
+        if got is not None and self.mqtt is not None and self.mqtt.connected:
+            self.live.append(got)  # otherwise it waits for the backlog replay
+            self.pub_wake.set()
+
+    async def check_clock(self, m):
+        """Read the meter's clock; broadcast a time sync when it drifted too far."""
+        before = self.hal.time()
+        meter_t, reason = await m.read_clock(self.link, self.tz_offset_s)
+        if meter_t is None:
+            m.clock_error = reason
+            return None
+        m.clock_error = None
+        drift = meter_t - (before + self.hal.time()) // 2
+        m.clock_drift_s = drift
+        if abs(drift) > self.max_drift_s and self.clock_sync:
+            if abs(drift) > SYNC_LIMIT_S:
+                log("meter %s: clock off by %d s; broadcast sync may be refused above %d s" % (
+                    m.id, drift, SYNC_LIMIT_S))
+            await self.time_sync(m)
+        return drift
+
+    async def time_sync(self, m=None):
+        """Broadcast the gateway's time (meters' local time) on the line of `m`
+        (every DL/T 645 line in use when None). Meters never answer it."""
+        lines = []
+        for x in self.meters if m is None else [m]:
+            if isinstance(x, mt.DltMeter) and x.line not in lines:
+                lines.append(x.line)
+        for line in lines:
+            self.link.configure(line[0], line[1], line[2], line[3])
+            when = mt.epoch_to_civil(self.hal.time() + self.tz_offset_s)
+            await self.link.send_async(dlt645.build_time_sync(when))
+            self.syncs += 1
+        log("time sync broadcast on %d line(s)" % len(lines))
+
+    # -- publishing ------------------------------------------------------------
+    async def publisher(self):
+        while not self.stopping:
+            try:
+                await wait_for_ms(self.pub_wake.wait(), 1000)
+            except asyncio.TimeoutError:
+                pass
+            self.pub_wake.clear()
+            client = self.mqtt
+            if client is None or not client.connected:
+                self.live = []  # they wait in the spool; the backlog replay takes them
+                continue
+            try:
+                while self.live:
+                    seq = self.live.pop(0)
+                    if seq not in self.sent:
+                        await self._publish_seq(seq)
+                now = ticks_ms()
+                if ticks_diff(now, self._window) >= 1000:
+                    self._window = now
+                    self._window_n = 0
+                budget = self.replay_per_s - self._window_n  # the backlog's share of each second
+                while budget > 0 and client.connected:
+                    recs = self.spool.peek(budget, after=self.cursor)
+                    if not recs:
+                        break
+                    for seq, _ts, payload in recs:
+                        self.cursor = seq
+                        if seq in self.sent:
+                            continue
+                        await self._publish(seq, payload)
+                        budget -= 1
+                        self._window_n += 1
+            except Exception as exc:  # noqa: BLE001 - the connection broke mid-way: the spool keeps them
+                log("publish: %r" % (exc,))
+
+    async def _publish_seq(self, seq):
+        recs = self.spool.peek(1, after=seq - 1)
+        if recs and recs[0][0] == seq:
+            await self._publish(seq, recs[0][2])
+
+    async def _publish(self, seq, payload):
+        pid = await self.mqtt.publish(self.base + "/reading", payload, qos=self.qos)
+        if self.qos == 0 or not pid:
+            self.spool.ack(seq)  # QoS 0: handed over is all we will ever know
+            return
+        self.sent[seq] = pid
+        self.pid_seq[pid] = seq
+
+    def on_ack(self, pid):
+        seq = self.pid_seq.pop(pid, None)
+        if seq is not None:
+            self.sent.pop(seq, None)
+            self.spool.ack(seq)
+
+    async def on_connect(self, session_present=False):
+        log("mqtt: connected to the broker")
+        self.sent = {}
+        self.pid_seq = {}
+        self.cursor = 0  # replay every unacknowledged record (duplicates carry their seq)
+        client = self.mqtt
+        await client.subscribe(self.base + "/cmd/+", 1)
+        await client.publish(self.base + "/status", self._status_json("online"), qos=1, retain=True)
+        if self.config_errors:
+            await client.publish(self.base + "/config_error", self._config_error_json(), qos=1, retain=True)
+        else:
+            await client.publish(self.base + "/config_error", b"", qos=1, retain=True)  # clears an old one
+        await self.publish_health()
+        self.pub_wake.set()
+
+    def on_disconnect(self, reason=None):
+        log("mqtt: disconnected (%s)" % (reason,))
+
+    def _status_json(self, state):
+        return json.dumps({"device": self.device, "state": state, "fw": VERSION,
+                           "boot_count": self.boot_count}).encode()
+
+    def _config_error_json(self):
+        return json.dumps({"device": self.device, "source": self.config_source,
+                           "errors": [{"path": p, "reason": r} for p, r in self.config_errors]}).encode()
+
+    # -- health ----------------------------------------------------------------
+    def health(self):
+        ms = {}
+        collectors = {}
+        for m in self.meters:
+            c = m.counters
+            d = c.as_dict()
+            d["success"] = round(c.valid / c.sent, 4) if c.sent else None
+            d["latency_ms"] = m.latency.avg_ms if m.latency.samples else None
+            d["clock_drift_s"] = m.clock_drift_s
+            d["last_error"] = m.last_error
+            if isinstance(m, mt.DltMeter) and m.no_block:
+                d["no_block"] = ["%08X" % b if m.version == 2007 else "%04X" % b for b in m.no_block]
+            ms[m.id] = d
+            col = getattr(m, "collector", None)
+            if col:
+                s = collectors.setdefault(col, {"meters": 0, "sent": 0, "valid": 0})
+                s["meters"] += 1
+                s["sent"] += c.sent
+                s["valid"] += c.valid
+        for col in collectors:
+            s = collectors[col]
+            s["success"] = round(s["valid"] / s["sent"], 4) if s["sent"] else None
+        up_ms = ticks_diff(ticks_ms(), self.started)
+        heap = {"free": None, "alloc": None}
+        try:
+            heap = {"free": gc.mem_free(), "alloc": gc.mem_alloc()}
+        except AttributeError:  # CPython
+            pass
+        rssi = None
+        get_rssi = getattr(self.hal, "wifi_rssi", None)
+        if get_rssi is not None:
+            try:
+                rssi = get_rssi()
+            except Exception:  # noqa: BLE001
+                rssi = None
+        mq = None
+        if self.mqtt is not None:
+            st = self.mqtt.stats
+            mq = {"connected": self.mqtt.connected, "connects": st.get("connects", 0),
+                  "disconnects": st.get("disconnects", 0)}
+        return {"device": self.device, "fw": VERSION, "ts": self.hal.time(), "uptime_s": up_ms // 1000,
+                "boot_count": self.boot_count, "reset_cause": self.resets[-1] if self.resets else None,
+                "resets": self.resets, "heap": heap, "rssi": rssi,
+                "config": {"source": self.config_source, "errors": len(self.config_errors)},
+                "spool": {"depth": self.spool.depth, "dropped": self.spool.dropped,
+                          "bytes": self.spool.used_bytes(), "next_seq": self.spool.next_seq,
+                          "unacked_sent": len(self.sent)},
+                "mqtt": mq,
+                "bus": {"idle_junk": self.link.idle_junk, "overruns": self.overruns,
+                        "busy": round(self.busy_ms / up_ms, 3) if up_ms > 0 else None, "time_syncs": self.syncs},
+                "meters": ms, "collectors": collectors}
+
+    async def publish_health(self):
+        text = json.dumps(self.health())
+        self.out("HEALTH " + text)
+        client = self.mqtt
+        if client is not None and client.connected:
+            await client.publish(self.base + "/health", text.encode(), qos=1, retain=True)
+
+    async def health_task(self):
+        while not self.stopping:
+            await sleep_ms(self.health_interval_ms)
+            try:
+                await self.publish_health()
+            except Exception as exc:  # noqa: BLE001
+                log("health: %r" % (exc,))
+
+    # -- commands --------------------------------------------------------------
+    async def on_message(self, topic, payload, retained=False):
+        if retained:
+            return  # a command is an event: an old retained one must not run again at every connect
+        name = topic.rsplit("/", 1)[-1]
+        try:
+            req = json.loads(payload) if payload else {}
+            if not isinstance(req, dict):
+                raise ValueError("a command is a JSON object")
+        except ValueError as exc:
+            await self._reply(name, None, False, "bad command payload: %s" % exc)
+            return
+        rid = req.get("id")
+        try:
+            result = await self.command(name, req)
+        except Exception as exc:  # noqa: BLE001 - a bad command gets an error reply, never a crash
+            await self._reply(name, rid, False, "%s: %s" % (type(exc).__name__, exc))
+            return
+        await self._reply(name, rid, True, None, result)
+
+    async def command(self, name, req):
+        if name == "poll":
+            wanted = req.get("meter")
+            n = 0
+            for entry in self.schedule:
+                if entry[2] >= 0 and (wanted is None or self.meters[entry[1]].id == wanted):
+                    entry[0] = ticks_ms()
+                    n += 1
+            if wanted is not None and n == 0:
+                raise ValueError("no meter %r" % (wanted,))
+            self.bus_wake.set()
+            return {"queued": n}
+        if name == "time_sync":
+            self.queue_job(self.time_sync)
+            return {"queued": 1}
+        if name == "health":
+            await self.publish_health()
+            return None
+        if name == "reboot":
+            async def later():
+                await sleep_ms(500)
+                self.hal.reset()
+
+            asyncio.create_task(later())
+            return None
+        raise ValueError("unknown command %r (poll, time_sync, health, reboot)" % name)
+
+    async def _reply(self, name, rid, ok, error, result=None):
+        msg = {"device": self.device, "command": name, "id": rid, "ok": ok, "ts": self.hal.time()}
+        if error is not None:
+            msg["error"] = error
+        if result is not None:
+            msg["result"] = result
+        if self.mqtt is not None and self.mqtt.connected:
+            await self.mqtt.publish(self.base + "/reply/" + name, json.dumps(msg).encode(), qos=1)
+
+    # -- run -------------------------------------------------------------------
+    async def main(self):
+        for path, reason in self.config_errors:
+            log("config error: %s: %s" % (path, reason))
+        ids = " ".join(m.id for m in self.meters)
+        log("polling %d meters: %s (device %s, config %s)" % (len(self.meters), ids or "(none)", self.device,
+                                                                self.config_source))
+        tasks = [asyncio.create_task(self.bus_task()), asyncio.create_task(self.publisher()),
+                 asyncio.create_task(self.health_task())]
+        if self.mqtt is not None:
+            tasks.append(asyncio.create_task(self.mqtt.run()))
+        try:
+            while not self.stopping:
+                await sleep_ms(1000)
+                self.hal.wdt_feed()
+        finally:
+            for t in tasks:
+                t.cancel()
+
+    def stop(self):
+        self.stopping = True
+        self.bus_wake.set()
+        self.pub_wake.set()
