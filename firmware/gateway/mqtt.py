@@ -195,21 +195,22 @@ def publish_packet(topic, payload, qos=0, retain=False, dup=False, pid=0):
     return bytes(buf[:n]) + payload
 
 
-def parse_publish(first, body, n):
-    """Locate the parts of a PUBLISH whose body is body[:n]: returns
-    (topic_end, payload_start, qos, pid); the topic is body[2:topic_end]."""
+def parse_publish(first, buf, n, off=0):
+    """Locate the parts of a PUBLISH whose body is buf[off:off + n]: returns
+    (topic_end, payload_start, qos, pid) as offsets into buf; the topic is
+    buf[off + 2:topic_end], the payload buf[payload_start:off + n]."""
     qos = (first >> 1) & 3
     if qos == 3:
         raise MQTTError("PUBLISH with qos 3")
     if n < 2:
         raise MQTTError("PUBLISH too short")
-    tend = 2 + ((body[0] << 8) | body[1])
+    tend = off + 2 + ((buf[off] << 8) | buf[off + 1])
     start = tend + (2 if qos else 0)
-    if start > n:
+    if start > off + n:
         raise MQTTError("PUBLISH topic overruns the packet")
     pid = 0
     if qos:
-        pid = (body[tend] << 8) | body[tend + 1]
+        pid = (buf[tend] << 8) | buf[tend + 1]
         if not pid:
             raise MQTTError("PUBLISH with packet id 0")
     return tend, start, qos, pid
@@ -225,15 +226,15 @@ def decode_publish(packet):
         raise MQTTError(str(exc))
     if off + n != len(packet):
         raise MQTTError("remaining length does not match the packet")
-    body = memoryview(packet)[off:]
-    tend, start, qos, pid = parse_publish(packet[0], body, n)
-    topic = _topic(body, tend)
-    return topic, bytes(body[start:n]), qos, bool(packet[0] & 1), bool(packet[0] & 8), pid
+    mv = memoryview(packet)
+    tend, start, qos, pid = parse_publish(packet[0], mv, n, off)
+    topic = _topic(mv, off + 2, tend)
+    return topic, bytes(mv[start:]), qos, bool(packet[0] & 1), bool(packet[0] & 8), pid
 
 
-def _topic(body, tend):
+def _topic(mv, begin, end):
     try:
-        return str(body[2:tend], "utf-8")
+        return str(mv[begin:end], "utf-8")
     except Exception:  # UnicodeError (MicroPython), UnicodeDecodeError (CPython)
         raise MQTTError("topic is not UTF-8")
 
@@ -369,7 +370,7 @@ def _tls_context(opts):
 
 
 def _pending(w):
-    """Bytes the stream writer still holds."""
+    """Bytes the stream writer holds because the socket did not take them."""
     if _MPY:
         return len(w.out_buf)
     return w.transport.get_write_buffer_size()
@@ -407,11 +408,12 @@ class MQTTClient:
         self._rand = rand or _rand
         self._timeout_ms = connect_timeout_ms
         self._sleep = _sleep_ms  # tests replace it to watch the backoff
-        self._rx = bytearray(max_packet)
+        # receive buffer: a whole packet of max_packet bytes plus its fixed header
+        self._rx = bytearray(max_packet + 5)
         self._rxmv = memoryview(self._rx)
-        self._hb = bytearray(1)
-        self._hbmv = memoryview(self._hb)
-        self._tx = bytearray(min(max_packet, _TXBUF))
+        self._rpos = self._rend = 0  # parsed up to / filled up to
+        self._skip = 0  # bytes of an oversized packet still to throw away
+        self._tx = bytearray(min(max_packet + 5, _TXBUF))
         self._txmv = memoryview(self._tx)
         self._ackbuf = bytearray(b"\x40\x02\x00\x00")
         self._inflight = {}  # pid -> [topic bytes, payload, retain, epoch sent (0: never), seq]
@@ -447,34 +449,44 @@ class MQTTClient:
     async def publish(self, topic, payload, qos=1, retain=False):
         """Send a message. QoS 1: returns its packet id once written (or, when
         offline, once queued for the next connection); waits while max_inflight
-        messages are unacknowledged. QoS 0: returns None; dropped when offline."""
+        messages are unacknowledged. QoS 0: returns None; dropped when offline.
+        topic: str or bytes; payload: bytes (or str)."""
+        if qos != 0 and qos != 1:
+            raise ValueError("qos must be 0 or 1")
+        while qos and len(self._inflight) >= self._max_inflight:
+            self._room.clear()
+            await self._room.wait()
+        pid = self._put(topic, payload, qos, retain)
+        w = self._w
+        if w is not None and _pending(w):
+            await self._flush_safe()
+        return pid
+
+    def _put(self, topic, payload, qos, retain):
+        # the synchronous part of publish(): a small coroutine frame matters
+        # when every reading is a publish
         if isinstance(topic, str):
             topic = topic.encode()
         if isinstance(payload, str):
             payload = payload.encode()
-        if 9 + len(topic) + len(payload) > self._max_packet + 5:
+        if 4 + len(topic) + len(payload) > self._max_packet:
             raise ValueError("message larger than max_packet")
-        if qos == 0:
+        if not qos:
             if not self._connected:
                 self.stats["dropped"] += 1
                 return None
             try:
-                await self._send_publish(topic, payload, 0, retain, False, 0)
+                self._write_publish(topic, payload, 0, retain, False, 0)
             except Exception as exc:
                 self.stats["dropped"] += 1
                 self._fail(exc)
             return None
-        if qos != 1:
-            raise ValueError("qos must be 0 or 1")
-        while len(self._inflight) >= self._max_inflight:
-            self._room.clear()
-            await self._room.wait()
         pid = self._new_pid()
         self._seq += 1
         entry = [topic, payload, retain, 0, self._seq]
         self._inflight[pid] = entry
         if self._connected:
-            await self._send_entry(pid, entry)
+            self._emit_entry(pid, entry)
         return pid
 
     async def subscribe(self, topic, qos=1):
@@ -556,6 +568,7 @@ class MQTTClient:
         self._down = asyncio.Event()
         self._reason = None
         self._ping_at = None
+        self._rpos = self._rend = self._skip = 0
         if self._ssl:
             ctx = _tls_context(self._ssl)
             name = (self._ssl.get("server_hostname") if isinstance(self._ssl, dict) else None) or self.host
@@ -570,12 +583,10 @@ class MQTTClient:
         await self._w.drain()
         self._last_tx = ticks_ms()
         self.stats["tx_packets"] += 1
-        first, n = await self._read_header()
-        if first != CONNACK or n != 2:
+        first, off, n = await self._next_packet()
+        if first != CONNACK:
             raise MQTTError("expected CONNACK, got packet type %d" % (first >> 4))
-        await self._read_into(self._rxmv[:2])
-        self.stats["rx_packets"] += 1
-        return parse_connack(self._rx[:2])
+        return parse_connack(self._rx[off : off + n])
 
     async def _serve(self, session_present):
         self._epoch += 1
@@ -618,7 +629,8 @@ class MQTTClient:
             for _, pid in todo:
                 entry = self._inflight.get(pid)
                 if entry is not None and entry[3] != epoch:
-                    await self._send_entry(pid, entry)
+                    self._emit_entry(pid, entry)
+                    await self._flush_safe()
 
     async def _close(self):
         w = self._w
@@ -637,7 +649,7 @@ class MQTTClient:
     def _fail(self, why):
         if self._reason is None:
             self._reason = why if isinstance(why, str) else _describe(why)
-            if not isinstance(why, str) or why != "disconnect":
+            if self._reason != "disconnect":
                 self.stats["last_error"] = self._reason
         self._down.set()
 
@@ -654,185 +666,219 @@ class MQTTClient:
                 return pid
 
     # -- writing ---------------------------------------------------------------
+    # Packets are written whole and synchronously (no await between the parts
+    # of one packet), so they never interleave; the stream keeps them in order
+    # when the socket is full, and only then does a sender wait, one at a time.
 
-    async def _send(self, data):
+    def _write(self, data):
         w = self._w
         if w is None:
             raise OSError("not connected")
-        await self._lock.acquire()
-        try:
-            w.write(data)
-            await self._drain(w)
-        finally:
-            self._lock.release()
-
-    async def _drain(self, w):
-        if _pending(w):  # the socket is full: a broker that stopped reading must not hang us
-            await asyncio.wait_for(w.drain(), self._keepalive_ms / 1000 or 30)
-        else:
-            await w.drain()
+        w.write(data)
         self._last_tx = ticks_ms()
         self.stats["tx_packets"] += 1
 
-    async def _send_entry(self, pid, entry):
-        dup = entry[3] != 0
-        entry[3] = self._epoch
-        try:
-            await self._send_publish(entry[0], entry[1], 1, entry[2], dup, pid)
-        except Exception as exc:  # stays in flight, sent again after the reconnect
-            self._fail(exc)
-            return
-        if dup:
-            self.stats["retransmits"] += 1
-
-    async def _send_publish(self, topic, payload, qos, retain, dup, pid):
+    async def _flush(self):
         w = self._w
-        if w is None:
-            raise OSError("not connected")
+        if w is None or not _pending(w):
+            return
         await self._lock.acquire()
         try:
-            tx = self._tx
-            if 9 + len(topic) > len(tx):
-                tx = bytearray(9 + len(topic))
-            n = publish_header(tx, topic, len(payload), qos, retain, dup, pid)
-            plen = len(payload)
-            if n + plen <= len(tx):
-                tx[n : n + plen] = payload
-                self._write(w, tx, n + plen)
-            else:
-                self._write(w, tx, n)
-                w.write(payload)
-            await self._drain(w)
+            if _pending(w):  # a broker that stopped reading must not hang us
+                await asyncio.wait_for(w.drain(), (self._keepalive_ms or 30000) / 1000)
         finally:
             self._lock.release()
 
-    def _write(self, w, buf, n):
+    async def _send(self, data):
+        self._write(data)
+        await self._flush()
+
+    def _emit_entry(self, pid, entry):
+        """Write an in-flight message (DUP when an earlier connection sent it);
+        False when the connection broke: it stays in flight for the next one."""
+        dup = entry[3] != 0
+        entry[3] = self._epoch
+        try:
+            self._write_publish(entry[0], entry[1], 1, entry[2], dup, pid)
+        except Exception as exc:
+            self._fail(exc)
+            return False
+        if dup:
+            self.stats["retransmits"] += 1
+        return True
+
+    async def _flush_safe(self):
+        """Wait for the socket to take what the stream holds, if anything
+        (only then is a coroutine made: the common case allocates nothing)."""
+        w = self._w
+        if w is not None and _pending(w):
+            try:
+                await self._flush()
+            except Exception as exc:
+                self._fail(exc)
+
+    def _write_publish(self, topic, payload, qos, retain, dup, pid):
+        tx = self._tx
+        if 9 + len(topic) > len(tx):
+            tx = bytearray(9 + len(topic))
+        plen = len(payload)
+        n = publish_header(tx, topic, plen, qos, retain, dup, pid)
+        if n + plen <= len(tx):
+            tx[n : n + plen] = payload
+            n += plen
+            plen = 0
         if _MPY:
-            w.write(memoryview(buf)[:n] if buf is not self._tx else self._txmv[:n])
+            self._write(self._txmv[:n] if tx is self._tx else tx[:n])
         else:  # CPython's transports may keep a reference: hand them a copy
-            w.write(bytes(buf[:n]))
+            self._write(bytes(tx[:n]))
+        if plen:
+            self._w.write(payload)
+
+    def _write_ack(self, pid):
+        buf = self._ackbuf
+        buf[2] = pid >> 8
+        buf[3] = pid & 0xFF
+        self._write(buf if _MPY else bytes(buf))
 
     # -- reading ---------------------------------------------------------------
+    # Bytes are read in as large pieces as the socket offers into the receive
+    # buffer, and packets are parsed where they lie.
 
-    async def _read_into(self, mv):
-        r = self._r
+    async def _fill(self):
+        rx = self._rx
+        pos, end = self._rpos, self._rend
+        if pos == end:
+            pos = end = 0
+        elif pos:  # move the partial packet to the front, in non-overlapping pieces
+            k = end - pos
+            done = 0
+            while done < k:
+                c = min(pos, k - done)
+                rx[done : done + c] = self._rxmv[pos + done : pos + done + c]
+                done += c
+            pos, end = 0, k
+        self._rpos, self._rend = pos, end
         if _MPY:
-            pos = 0
-            end = len(mv)
-            while pos < end:
-                k = await r.readinto(mv[pos:] if pos else mv)
-                if k is None:
-                    continue
-                if not k:
-                    raise OSError("connection closed by broker")
-                pos += k
+            k = await self._r.readinto(self._rxmv[end:])
+            if k is None:  # TLS: the record is not complete yet
+                return
         else:
-            data = await r.readexactly(len(mv))
-            mv[:] = data
+            data = await self._r.read(len(rx) - end)
+            k = len(data)
+            rx[end : end + k] = data
+        if not k:
+            raise OSError("connection closed by broker")
+        self._rend = end + k
 
-    async def _read_header(self):
-        hb = self._hbmv
-        await self._read_into(hb)
-        first = self._hb[0]
-        n = 0
-        shift = 0
+    async def _next_packet(self):
+        """(first byte, body offset, body length) of the next whole packet in
+        the receive buffer, reading as needed."""
+        rx = self._rx
         while True:
-            await self._read_into(hb)
-            b = self._hb[0]
-            n |= (b & 0x7F) << shift
-            if not b & 0x80:
-                return first, n
-            shift += 7
-            if shift >= 28:
-                raise MQTTError("remaining length longer than 4 bytes")
+            if self._skip:
+                k = min(self._skip, self._rend - self._rpos)
+                self._skip -= k
+                self._rpos += k
+            else:
+                p = self._rpos
+                end = self._rend
+                q = p + 1
+                n = 0
+                shift = 0
+                while q < end:
+                    b = rx[q]
+                    q += 1
+                    n |= (b & 0x7F) << shift
+                    if not b & 0x80:
+                        if n > self._max_packet:
+                            self._oversize(rx[p], q, n)
+                            break
+                        if end - q >= n:
+                            self._rpos = q + n
+                            self._last_rx = ticks_ms()
+                            self.stats["rx_packets"] += 1
+                            return rx[p], q, n
+                        break
+                    shift += 7
+                    if shift >= 28:
+                        raise MQTTError("remaining length longer than 4 bytes")
+                if self._skip:
+                    continue
+            await self._fill()
+
+    def _oversize(self, first, off, n):
+        """A packet longer than max_packet: a PUBLISH is thrown away (and acked
+        when QoS 1, so the broker does not send it again) and the connection
+        stays up; any other packet that large is a protocol error."""
+        if first & 0xF0 != PUBLISH:
+            raise MQTTError("packet of %d bytes exceeds max_packet" % n)
+        self.stats["oversize"] += 1
+        self.stats["last_error"] = "dropped a %d-byte PUBLISH (max_packet %d)" % (n, self._max_packet)
+        qos = (first >> 1) & 3
+        if qos:
+            # the topic and packet id come first: wait for them when they fit
+            have = self._rend - off
+            tlen = (self._rx[off] << 8) | self._rx[off + 1] if have >= 2 else -1
+            if tlen < 0 or (have < tlen + 4 and tlen + 4 + (off - self._rpos) <= len(self._rx)):
+                return  # _next_packet reads more and comes back here
+            if have >= tlen + 4:
+                pid = (self._rx[off + 2 + tlen] << 8) | self._rx[off + 3 + tlen]
+                if pid:
+                    self._write_ack(pid)
+        self.stats["rx_packets"] += 1
+        self._rpos = off
+        self._skip = n
 
     async def _read_loop(self):
         try:
             while True:
-                first, n = await self._read_header()
-                self._last_rx = ticks_ms()
-                self.stats["rx_packets"] += 1
+                first, off, n = await self._next_packet()
                 kind = first & 0xF0
-                if n > self._max_packet:
-                    if kind != PUBLISH:
-                        raise MQTTError("packet of %d bytes exceeds max_packet" % n)
-                    await self._skip_publish(first, n)
-                    continue
-                if n:
-                    await self._read_into(self._rxmv[:n])
-                await self._dispatch(first, kind, n)
+                rx = self._rx
+                if kind == PUBLISH:
+                    tend, start, qos, pid = parse_publish(first, rx, n, off)
+                    topic = _topic(self._rxmv, off + 2, tend)
+                    payload = bytes(self._rxmv[start : off + n])
+                    try:
+                        res = self.on_message(topic, payload, bool(first & 1))
+                        if res is not None and hasattr(res, "send"):
+                            await res
+                    except Exception as exc:  # acked anyway: a message that breaks the handler must not loop
+                        self._hook_error(exc)
+                    if qos:
+                        self._write_ack(pid)
+                        if _pending(self._w):
+                            await self._flush()
+                elif first == PUBACK:
+                    if n != 2:
+                        raise MQTTError("malformed PUBACK")
+                    pid = (rx[off] << 8) | rx[off + 1]
+                    if self._inflight.pop(pid, None) is not None:
+                        self._room.set()
+                        if self.on_ack is not None:
+                            try:
+                                res = self.on_ack(pid)
+                                if res is not None and hasattr(res, "send"):
+                                    await res
+                            except Exception as exc:
+                                self._hook_error(exc)
+                elif first == PINGRESP:
+                    self._ping_at = None
+                elif first == SUBACK:
+                    if n < 3:
+                        raise MQTTError("malformed SUBACK")
+                    pid = (rx[off] << 8) | rx[off + 1]
+                    if pid in self._subacks:
+                        self._subacks[pid] = rx[off + 2]
+                    for i in range(off + 2, off + n):
+                        if rx[i] == 0x80:
+                            self.stats["last_error"] = "broker refused a subscription"
+                elif first != UNSUBACK:
+                    raise MQTTError("unexpected packet type %d" % (first >> 4))
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             self._fail(exc)
-
-    async def _dispatch(self, first, kind, n):
-        rx = self._rx
-        if kind == PUBLISH:
-            tend, start, qos, pid = parse_publish(first, rx, n)
-            topic = _topic(self._rxmv, tend)
-            payload = bytes(self._rxmv[start:n])
-            try:
-                await _call(self.on_message, topic, payload, bool(first & 1))
-            except Exception as exc:  # acked anyway: a message that breaks the handler must not loop
-                self._hook_error(exc)
-            if qos:
-                await self._send_ack(pid)
-        elif kind == PUBACK:
-            if n != 2:
-                raise MQTTError("malformed PUBACK")
-            pid = (rx[0] << 8) | rx[1]
-            if self._inflight.pop(pid, None) is not None:
-                self._room.set()
-                try:
-                    await _call(self.on_ack, pid)
-                except Exception as exc:
-                    self._hook_error(exc)
-        elif first == PINGRESP:
-            self._ping_at = None
-        elif first == SUBACK:
-            if n < 3:
-                raise MQTTError("malformed SUBACK")
-            pid = (rx[0] << 8) | rx[1]
-            if pid in self._subacks:
-                self._subacks[pid] = rx[2]
-            for i in range(2, n):
-                if rx[i] == 0x80:
-                    self.stats["last_error"] = "broker refused a subscription"
-        elif first == UNSUBACK:
-            pass
-        else:
-            raise MQTTError("unexpected packet type %d" % (first >> 4))
-
-    async def _send_ack(self, pid):
-        await self._lock.acquire()
-        try:
-            buf = self._ackbuf
-            buf[2] = pid >> 8
-            buf[3] = pid & 0xFF
-            w = self._w
-            if w is None:
-                raise OSError("not connected")
-            w.write(buf if _MPY else bytes(buf))
-            await self._drain(w)
-        finally:
-            self._lock.release()
-
-    async def _skip_publish(self, first, n):
-        """Read past a PUBLISH larger than max_packet; ack it (QoS 1) so the
-        broker does not send it again. The connection stays up."""
-        self.stats["oversize"] += 1
-        self.stats["last_error"] = "dropped a %d-byte PUBLISH (max_packet %d)" % (n, self._max_packet)
-        chunk = self._max_packet
-        await self._read_into(self._rxmv[:chunk])
-        _, _, qos, pid = parse_publish(first, self._rx, chunk)
-        left = n - chunk
-        while left:
-            k = min(left, chunk)
-            await self._read_into(self._rxmv[:k])
-            left -= k
-        if qos:
-            await self._send_ack(pid)
 
     # -- keepalive ---------------------------------------------------------------
 
