@@ -186,7 +186,7 @@ class Runtime:
 
         url = mqtt.parse_url(mq["url"])
         ssl = None
-        if url["tls"]:
+        if url["ssl"]:
             ssl = {"server_hostname": url["host"], "verify": mq.get("verify", True)}
             for key in ("ca", "cert", "key"):
                 if mq.get(key):
@@ -194,7 +194,7 @@ class Runtime:
                         ssl[key] = f.read()
         will = (self.base + "/status", self._status_json("offline"), 1, True)
         return mqtt.MQTTClient(mq.get("client_id") or self.device, url["host"], url["port"],
-                               user=mq.get("user", url.get("user")), password=mq.get("password", url.get("password")),
+                               user=mq.get("user") or url["user"], password=mq.get("password") or url["password"],
                                keepalive=mq.get("keepalive_s", 60), clean_session=False, will=will, ssl=ssl,
                                on_message=self.on_message, on_ack=self.on_ack, on_connect=self.on_connect,
                                on_disconnect=self.on_disconnect)
