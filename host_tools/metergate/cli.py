@@ -38,6 +38,7 @@ from metergate.hil.cli import hil; main.add_command(hil)  # noqa: E402,E702
 from metergate.vboard.cli import vboard; main.add_command(vboard)  # noqa: E402,E702
 from metergate.sim.cli import sim; main.add_command(sim)  # noqa: E402,E702
 from metergate.demo import demo; main.add_command(demo)  # noqa: E402,E702
+from metergate.config import config_cli; main.add_command(config_cli)  # noqa: E402,E702
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -7,6 +7,7 @@ exactly as on the board, so the firmware directory goes on ``sys.path`` (at the
 end: it never shadows a host package).
 
     from metergate.codecs import dlt645, dlt645_1997, dlt645_items, modbus, modbus_maps
+    from metergate.codecs import config_schema, config   # the device config schema + validator
 """
 
 from __future__ import annotations
@@ -23,5 +24,7 @@ if str(FIRMWARE_DIR) not in sys.path:
     sys.path.append(str(FIRMWARE_DIR))
 
 from gateway.protocols import dlt645, dlt645_1997, dlt645_items, modbus, modbus_maps  # noqa: E402
+from gateway import config, config_schema  # noqa: E402
 
-__all__ = ["FIRMWARE_DIR", "dlt645", "dlt645_1997", "dlt645_items", "modbus", "modbus_maps"]
+__all__ = ["FIRMWARE_DIR", "dlt645", "dlt645_1997", "dlt645_items", "modbus", "modbus_maps",
+           "config", "config_schema"]

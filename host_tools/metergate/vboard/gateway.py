@@ -1,7 +1,8 @@
 """The virtual gateway on a simulated site, seen from the host as a user sees it.
 
 - ``site_config(site)``: a gateway config.json that polls every meter of a
-  site's bus (protocol, address / unit id, the meter's own line settings).
+  site's bus (protocol, address / unit id, the meter's own line settings),
+  valid against the device config schema (metergate.config).
 - ``parse_line(text)``: a console line of the gateway -> ("READING" | "HEALTH",
   dict) or None. The format is the firmware's (firmware/gateway/poller.py).
 - ``Bench``: the simulator and a virtual board polling it, as two managed
@@ -11,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import math
 import pathlib
 import sys
 import tempfile
@@ -28,8 +30,10 @@ def items_for(meter) -> list[str]:
     return list(THREE_PHASE_ITEMS if meter.kind.startswith("three-phase") else SINGLE_PHASE_ITEMS)
 
 
-def meter_entry(meter) -> dict:
-    """The config.json entry for one site meter (metergate.sim.site.Meter)."""
+def meter_entry(meter, site=None) -> dict:
+    """The config.json entry for one site meter (metergate.sim.site.Meter).
+    With the site: where it is installed, the work order's asset number, and
+    whether its customer exports (PV)."""
     entry = {"id": meter.id, "protocol": meter.protocol}
     if meter.protocol == "modbus":
         entry["model"] = meter.model
@@ -38,18 +42,50 @@ def meter_entry(meter) -> dict:
         entry["address"] = meter.address
     entry["baud"] = meter.line.baud
     entry["parity"] = meter.line.parity
+    if meter.line.stop_bits != 1:
+        entry["stop_bits"] = meter.line.stop_bits
     entry["items"] = items_for(meter)
+    entry["kind"] = meter.kind
+    if site is not None:
+        if len(meter.box) <= 32:
+            entry["position"] = {"box": meter.box, "position": meter.position}
+        work = site.work_order_for(meter.box, meter.position)
+        if work is not None and len(work.asset) <= 32:
+            entry["asset"] = work.asset
+        customers = []
+        if work is not None and work.customer:
+            customers.append(work.customer)
+        customers.extend(b.customer for b in site.breakers_at(meter.box, meter.position))
+        exporting = False
+        for cid in customers:
+            try:
+                exporting = exporting or site.customer(cid).exporting
+            except KeyError:
+                pass
+        entry["exporting"] = exporting
     return entry
 
 
-def site_config(site, bus_name: str | None = None, poll_interval_s: float = 5, health_every: int = 2,
+def site_config(site, bus_name: str | None = None, poll_interval_s: float | None = None, health_every: int = 2,
                 **extra) -> dict:
-    """A gateway config that polls every meter on one bus of `site` (a Site)."""
+    """A gateway config that polls every meter on one bus of `site` (a Site).
+
+    It passes the device config schema (metergate.config.check). The poll
+    interval is at least what the bus needs for one round of every meter (the
+    firmware's poll budget, gateway/config.py, with 5% to spare): a shorter
+    one would be refused by the gateway, so a requested interval below it is
+    raised (None: exactly that)."""
+    from metergate.codecs import config as fwconfig
+
     bus_name = bus_name or site.buses[0].name
-    cfg = {"poll_interval_s": poll_interval_s, "health_every": health_every,
+    cfg = {"site": site.name[:128], "poll_interval_s": 10, "health_every": health_every,
            "link": {"retries": 1},
-           "meters": [meter_entry(m) for m in site.meters_on_bus(bus_name)]}
+           "meters": [meter_entry(m, site) for m in site.meters_on_bus(bus_name)]}
     cfg.update(extra)
+    budget = fwconfig.poll_budget(cfg)
+    need = budget["busy_s"] / budget["limit"]
+    need = max(1, math.ceil(need * 1.05))
+    cfg["poll_interval_s"] = need if poll_interval_s is None else max(poll_interval_s, need)
     return cfg
 
 
@@ -142,10 +178,7 @@ class Bench:
                                 "--control", self.control_url],
             self.sim_log, name="metergate sim serve", ready_port=[bus_port, control_port],
             ready_timeout=self.ready_timeout, grace=3.0)
-        self.board = ManagedProcess(
-            metergate_argv() + ["vboard", "run", "--flash", str(flash), "--bus", self.sim_url],
-            self.board_log, name="metergate vboard run", ready_line=r"\[app\] polling",
-            ready_timeout=self.ready_timeout, grace=3.0)
+        self.board = self._board()
         try:
             self.sim.start()
             self.sim.wait_ready()
@@ -156,6 +189,21 @@ class Bench:
             raise
         self.follower = LineFollower(self.board_log)
         return self
+
+    def _board(self):
+        return ManagedProcess(
+            metergate_argv() + ["vboard", "run", "--flash", str(self.flash), "--bus", self.sim_url],
+            self.board_log, name="metergate vboard run", ready_line=r"\[app\] polling",
+            ready_timeout=self.ready_timeout, grace=3.0)
+
+    def restart_board(self):
+        """Boot the board again on the same flash (after a kill: a power cut)."""
+        if self.board is not None:
+            self.board.stop()
+        self.board = self._board()
+        self.board.start()
+        self.board.wait_ready()
+        return self.board
 
     def stop(self):
         for proc in (self.board, self.sim):
