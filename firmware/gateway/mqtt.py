@@ -321,6 +321,22 @@ def _read_file(data):
     return data
 
 
+def pem_to_der(data):
+    """The first PEM block of data as DER bytes; data that is not PEM is
+    returned as it is. (The unix port's mbedtls is built without PEM parsing.)"""
+    data = bytes(data)
+    begin = data.find(b"-----BEGIN ")
+    if begin < 0:
+        return data
+    start = data.find(b"\n", begin) + 1
+    end = data.find(b"-----END ", start)
+    if start <= 0 or end < 0:
+        raise ValueError("truncated PEM")
+    from binascii import a2b_base64
+
+    return a2b_base64(data[start:end].replace(b"\r", b"").replace(b"\n", b""))
+
+
 def _tls_context(opts):
     """An SSL context from {"ca", "cert", "key", "server_hostname", "verify"}."""
     if opts is True:
@@ -332,9 +348,9 @@ def _tls_context(opts):
 
         ctx = tls.SSLContext(tls.PROTOCOL_TLS_CLIENT)
         if ca is not None:
-            ctx.load_verify_locations(_read_file(ca))  # PEM or DER bytes
+            ctx.load_verify_locations(pem_to_der(_read_file(ca)))
         if cert is not None:
-            ctx.load_cert_chain(_read_file(cert), _read_file(key))
+            ctx.load_cert_chain(pem_to_der(_read_file(cert)), pem_to_der(_read_file(key)))
         ctx.verify_mode = tls.CERT_REQUIRED if verify else tls.CERT_NONE
         return ctx
     import ssl

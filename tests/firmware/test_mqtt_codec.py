@@ -167,3 +167,38 @@ def test_packet_ids_wrap_and_skip_inflight():
     c._inflight[65535] = [b"t", b"", False, 1, 1]
     c._inflight[1] = [b"t", b"", False, 1, 2]
     assert [c._new_pid() for _ in range(3)] == [65534, 2, 3]
+
+
+def test_run_backs_off_with_jitter_when_refused():
+    # nothing listens on port 1: every attempt is refused; a fake sleep records
+    # the waits and stops the client after six
+    import asyncio
+
+    delays = []
+    draws = (0.0, 0.5, 0.999)
+    c = mqtt.MQTTClient("b", "127.0.0.1", port=1, backoff_ms=(100, 800),
+                        rand=lambda: draws[len(delays) % 3], connect_timeout_ms=2000)
+
+    async def fake_sleep(ms):
+        delays.append(ms)
+        if len(delays) == 6:
+            c._stop = True
+
+    c._sleep = fake_sleep
+    asyncio.run(c.run())
+    assert delays == [50, 150, 400, 400, 600, 800]
+    assert c.stats["connect_failures"] == 6 and c.stats["connects"] == 0
+    assert "111" in c.stats["last_error"] or "refused" in c.stats["last_error"].lower()
+    assert not c.connected
+
+
+def test_pem_to_der():
+    der = bytes(range(40))
+    from binascii import b2a_base64
+
+    b64 = b2a_base64(der).strip()
+    pem = b"-----BEGIN CERTIFICATE-----\n" + b64[:32] + b"\r\n" + b64[32:] + b"\n-----END CERTIFICATE-----\n"
+    assert mqtt.pem_to_der(pem) == der
+    assert mqtt.pem_to_der(b"junk before\n" + pem + pem) == der  # the first block
+    assert mqtt.pem_to_der(der) == der
+    raises(ValueError, mqtt.pem_to_der, b"-----BEGIN X-----\nAAAA")

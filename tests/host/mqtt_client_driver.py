@@ -1,6 +1,6 @@
 # Drives gateway.mqtt.MQTTClient for tests/host/test_mqtt_client.py, under the
 # MicroPython unix port or CPython (the same script for both).
-# usage: RUNTIME mqtt_client_driver.py FIRMWARE_DIR CONFIG_JSON
+# usage: RUNTIME mqtt_client_driver.py FIRMWARE_DIR CONFIG_JSON|CONFIG_FILE
 # CONFIG_JSON: keyword arguments of MQTTClient (will as a list, backoff_ms as a
 # list) plus "subscribe": [[topic, qos], ...] made before run() starts.
 # Commands, one per line on stdin:
@@ -88,7 +88,11 @@ async def mem_test(client, n):
 
 
 async def main():
-    cfg = json.loads(sys.argv[2])
+    arg = sys.argv[2]
+    if not arg.startswith("{"):  # a file: this micropython build dies on an argument of 256+ chars
+        with open(arg) as f:
+            arg = f.read()
+    cfg = json.loads(arg)
     subs = cfg.pop("subscribe", [])
     if cfg.get("will"):
         w = cfg["will"]
