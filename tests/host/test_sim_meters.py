@@ -471,8 +471,11 @@ def _bcd_date_time(rig, addr):
     return (2000 + yy, mm, dd, hh, mi, ss), ww
 
 
+CST = datetime.timezone(datetime.timedelta(hours=8))  # meters keep Beijing time, whatever the host's zone
+
+
 def _local(ts):
-    dt = datetime.datetime.fromtimestamp(ts)
+    dt = datetime.datetime.fromtimestamp(ts, tz=CST)
     return (dt.year, dt.month, dt.day, dt.hour, dt.minute, dt.second), dt.isoweekday() % 7  # Sunday = 0
 
 
@@ -483,7 +486,7 @@ def test_date_time_and_broadcast_time_sync():
     assert _bcd_date_time(rig, ADDR) == _local(T0)
     assert _bcd_date_time(rig, "000000000002") == _local(T0 - 93784)  # 1 day 2 h 3 min 4 s behind
     # 2023-11-19 is a Sunday: WW must be 0
-    sunday = datetime.datetime(2023, 11, 19, 12, 0, 0).timestamp()
+    sunday = datetime.datetime(2023, 11, 19, 12, 0, 0, tzinfo=CST).timestamp()
     rig.now = sunday
     assert _bcd_date_time(rig, ADDR) == (_local(sunday)[0], 0)
     # broadcast time sync: fn 08 to 99x6, data YYMMDDhhmmss low byte first; nobody answers

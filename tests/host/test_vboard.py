@@ -133,6 +133,16 @@ def test_root_is_the_flash_directory(served):
     assert r.stdout.split() == ["in", "flash", "/", "False"]
 
 
+def test_rename_between_absolute_paths_works_as_on_littlefs(served):
+    # the spool and the boot record replace files with tmp + rename by absolute path
+    r = mpremote(served["link"], "exec",
+                 "import os\nopen('/r.tmp','w').write('new')\nos.rename('/r.tmp','/r.txt')\n"
+                 "print(open('/r.txt').read(), 'r.tmp' in os.listdir('/'))")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["new", "False"]
+    assert (served["flash"] / "r.txt").read_text() == "new"
+
+
 def test_exception_comes_back_as_error(served):
     r = mpremote(served["link"], "exec", "raise ValueError('bad meter address')")
     assert r.returncode != 0

@@ -308,6 +308,13 @@ class ManagedProcess:
             _live.discard(self)
         return self._popen.returncode
 
+    def kill(self):
+        """SIGKILL the whole group at once (a power cut: nothing gets to clean up); reap."""
+        if self._popen is None:
+            return None
+        _signal_group(self._popen.pid, signal.SIGKILL)
+        return self.stop(grace=2.0)
+
     def __enter__(self):
         self.start()
         try:

@@ -26,8 +26,10 @@ bus asks ``powered(now)`` of every meter on every request), on every
 interface changes a breaker or a fault, so a switch changes power from that
 instant and not retroactively.
 
-Meter clocks: ``options.clock_offset_s`` (seconds the meter's clock is ahead
-of true time, negative behind); a broadcast time sync sets the clock.
+Meter clocks keep China Standard Time (UTC+8, ``METER_UTC_OFFSET_S``;
+``options.utc_offset_s`` for another zone), whatever the host's zone:
+``options.clock_offset_s`` (seconds the meter's clock is ahead of true time,
+negative behind); a broadcast time sync sets the clock.
 Replies carry ``options.preamble`` FE wake-up bytes (default 4, as many meters
 do; the gateway must skip 0..4).
 
@@ -38,6 +40,7 @@ pymodbus, and frames parsed by hand from PROTOCOLS.md.
 
 from __future__ import annotations
 
+import calendar
 import logging
 import math
 import time
@@ -61,6 +64,7 @@ ERR_BAUD = 0x08
 # typical of a residential feeder; options.voltage_thd_pct / current_thd_pct override).
 VOLTAGE_THD_PCT = 2.1
 CURRENT_THD_PCT = 6.5
+METER_UTC_OFFSET_S = 8 * 3600  # meters in China keep Beijing time
 IR_BAUD = 1200  # 04000701/02: the infrared ports (unverified: port numbering of 040007zz)
 
 
@@ -95,6 +99,7 @@ class MeterModel:
         self.energy = EnergyRegisters.from_meter(meter)
         self.response_delay_s = meter.response_delay_ms / 1000.0
         self.clock_offset_s = float(self.options.get("clock_offset_s", 0.0))
+        self.utc_offset_s = float(self.options.get("utc_offset_s", METER_UTC_OFFSET_S))
         self.preamble = int(self.options.get("preamble", 4))
         self._t = None  # energy is integrated up to here
         self._cache = None  # (now, state.version, Measurement)
@@ -141,13 +146,13 @@ class MeterModel:
 
     # -- clock -------------------------------------------------------------
     def meter_time(self, now: float) -> time.struct_time:
-        """The meter's own clock (local time), with its offset from true time."""
-        return time.localtime(now + self.clock_offset_s)
+        """The meter's own clock (its local time), with its offset from true time."""
+        return time.gmtime(now + self.utc_offset_s + self.clock_offset_s)
 
     def sync_clock(self, when: tuple, now: float) -> None:
-        """Broadcast time sync: from now on the meter's clock reads `when` (local time)."""
+        """Broadcast time sync: from now on the meter's clock reads `when` (its local time)."""
         y, mo, d, h, mi, s = when[:6]
-        target = time.mktime((y, mo, d, h, mi, s, 0, 0, -1))
+        target = calendar.timegm((y, mo, d, h, mi, s, 0, 0, 0)) - self.utc_offset_s
         self.clock_offset_s = target - now
         log.info("%s: clock set to %04d-%02d-%02d %02d:%02d:%02d", self.meter.id, y, mo, d, h, mi, s)
 

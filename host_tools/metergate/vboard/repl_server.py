@@ -75,6 +75,12 @@ class _BoardOs:
     def __getattr__(self, name):
         return getattr(_os, name)
 
+    def rename(self, old, new):
+        # VfsPosix mounted at "/" fails a rename between absolute paths (ENOENT)
+        # while the same rename relative to the cwd ("/") works: the board's
+        # littlefs takes both, so board code may use either.
+        return _os.rename(_relative(old), _relative(new))
+
     def ilistdir(self, path=""):
         prefix = path.rstrip("/") + "/" if path else ""
         for entry in _os.ilistdir(path or "."):
@@ -88,6 +94,12 @@ class _BoardOs:
 
 
 _os = os
+
+
+def _relative(path):
+    while path.startswith("/"):
+        path = path[1:]
+    return path or "."
 
 
 def _exists(name):
