@@ -516,20 +516,26 @@ class MQTTClient:
             return None
         pid = self._new_pid()
         self._subacks[pid] = -1
-        entry[1] = self._epoch
+        epoch = self._epoch
         try:
-            await self._send(subscribe_packet(pid, ((topic, qos),)))
+            self._write(subscribe_packet(pid, ((topic, qos),)))
+            await self._flush()
             t0 = ticks_ms()
             while self._subacks[pid] < 0:
                 if not self._connected or ticks_diff(ticks_ms(), t0) > self._timeout_ms:
-                    return None  # sent again after the reconnect
+                    return None  # entry[1] stays 0: sent again on the next connection
                 await self._sleep(10)
             granted = self._subacks[pid]
+        except Exception as exc:
+            self._fail(exc)
+            return None
         finally:
             self._subacks.pop(pid, None)
         if granted == 0x80:
             self._subs.pop(topic, None)
             raise MQTTError("broker refused subscription to %s" % topic)
+        if epoch == self._epoch:
+            entry[1] = epoch
         return granted
 
     async def disconnect(self):
@@ -828,20 +834,23 @@ class MQTTClient:
         stays up; any other packet that large is a protocol error."""
         if first & 0xF0 != PUBLISH:
             raise MQTTError("packet of %d bytes exceeds max_packet" % n)
-        self.stats["oversize"] += 1
-        self.stats["last_error"] = "dropped a %d-byte PUBLISH (max_packet %d)" % (n, self._max_packet)
-        qos = (first >> 1) & 3
-        if qos:
-            # the topic and packet id come first: wait for them when they fit
+        rx = self._rx
+        if (first >> 1) & 3:
+            # the topic and the packet id come first: wait for them if they fit
             have = self._rend - off
-            tlen = (self._rx[off] << 8) | self._rx[off + 1] if have >= 2 else -1
-            if tlen < 0 or (have < tlen + 4 and tlen + 4 + (off - self._rpos) <= len(self._rx)):
+            room = len(rx) - (off - self._rpos)  # what the buffer can hold of the body
+            if have < 2:
                 return  # _next_packet reads more and comes back here
+            tlen = (rx[off] << 8) | rx[off + 1]
+            if have < tlen + 4 and tlen + 4 <= room:
+                return
             if have >= tlen + 4:
-                pid = (self._rx[off + 2 + tlen] << 8) | self._rx[off + 3 + tlen]
+                pid = (rx[off + 2 + tlen] << 8) | rx[off + 3 + tlen]
                 if pid:
-                    self._write_ack(pid)
+                    self._write_ack(pid)  # flushed with the next write or by the stream
+        self.stats["oversize"] += 1
         self.stats["rx_packets"] += 1
+        self.stats["last_error"] = "dropped a %d-byte PUBLISH (max_packet %d)" % (n, self._max_packet)
         self._rpos = off
         self._skip = n
 

@@ -326,7 +326,7 @@ def test_memory_per_publish_under_micropython(broker, drivers, capsys):
               "(gc disabled, reader included), net heap growth %d bytes" % (
                   mem["gross_per_publish"], mem["net_growth"]))
     assert mem["net_growth"] <= 2048
-    assert mem["gross_per_publish"] <= 1200
+    assert mem["gross_per_publish"] <= 2000  # 580-930 measured; varies with how acks batch
 
 
 # -- TLS ----------------------------------------------------------------------------
