@@ -17,6 +17,7 @@ import gc
 import json
 
 from gateway import VERSION
+from gateway import jsonout
 from gateway import link as lk
 from gateway import meters as mt
 from gateway.compat import sleep_ms, ticks_add, ticks_diff, ticks_ms, wait_for_ms
@@ -58,25 +59,12 @@ def _num(v):
     return "null" if s in ("nan", "inf", "-inf") else s
 
 
-def reading_json(device, meter, seq, ts, group, items, judged, errors, units):
-    """The reading message (docs/mqtt.md): every item of the group, in order,
-    with its value or its error; numbers exact (DL/T 645 BCD never passes
-    through a float)."""
-    parts = []
-    for name in items:
-        if name in judged:
-            v, unit, q = judged[name]
-            parts.append("%s:{\"v\":%s,\"unit\":%s,\"q\":\"%s\",\"t\":%d}" % (_q(name), _num(v), _q(unit), q, ts))
-        else:
-            reason = errors.get(name) or errors.get("*") or "not_read"
-            unit = units.get(name)
-            u = ",\"unit\":%s" % _q(unit) if unit is not None else ""
-            parts.append("%s:{\"q\":\"comm_error\",\"error\":%s%s,\"t\":%d}" % (_q(name), _q(reason), u, ts))
-    extra = ""
-    if "*" in errors:
-        extra = ",\"error\":%s" % _q(errors["*"])
-    return "{\"device\":%s,\"meter\":%s,\"seq\":%d,\"ts\":%d,\"group\":%s,\"values\":{%s}%s}" % (
-        _q(device), _q(meter), seq, ts, _q(group), ",".join(parts), extra)
+def _console_writer():
+    """A bytes writer for the console (no str copy of each reading), or None."""
+    import sys
+
+    buf = getattr(sys.stdout, "buffer", None)
+    return buf.write if buf is not None and hasattr(buf, "write") else None
 
 
 def _section(cfg, key):
@@ -90,6 +78,7 @@ class Runtime:
     def __init__(self, hal, config, config_errors=(), config_source="config.json", mqtt_factory=None, out=None):
         self.hal = hal
         self.out = out or print
+        self._console = None if out is not None else _console_writer()
         cfg = config if isinstance(config, dict) else {}
         self.cfg = cfg
         self.config_errors = list(config_errors or ())
@@ -105,6 +94,7 @@ class Runtime:
         self.max_drift_s = clock.get("max_drift_s", MAX_DRIFT_S)
         self.clock_sync = clock.get("sync", True)
         self.tz_offset_s = clock.get("tz_offset_s", TZ_OFFSET_S)
+        self.writer = jsonout.Writer()
         self.meters = self._build_meters(cfg)
         link_cfg = _section(cfg, "link")
         self.link = lk.Link(hal.uart(), hal.ticks_ms, hal.sleep_ms, echo=bool(link_cfg.get("echo", False)))
@@ -165,6 +155,7 @@ class Runtime:
                 continue
             seen.append(m.id)
             m.item_units = self._units(m)
+            m.out = [jsonout.GroupOut(self.device, m.id, g[0], g[1], m.item_units) for g in m.groups]
             out.append(m)
         return out
 
@@ -290,22 +281,34 @@ class Runtime:
                 break
         if "*" in errors:
             m.last_error = errors["*"]
-        self.record(m, name, items, ts, judged, errors)
+        self.record(m, g, ts, judged, errors)
         return judged, errors
 
-    def record(self, m, group, items, ts, judged, errors):
+    def record(self, m, g, ts, judged, errors):
         """Spool first, then hand to the publisher; the console gets a copy."""
         seq = self.spool.next_seq
-        payload = reading_json(self.device, m.id, seq, ts, group, items, judged, errors, m.item_units)
         try:
-            got = self.spool.append(payload.encode(), ts)
+            payload = self.writer.reading(m.out[g], seq, ts, judged, errors, _num)
+        except ValueError as exc:  # more than the buffer holds: too many items in one group
+            log("meter %s: reading not written: %s" % (m.id, exc))
+            return
+        try:
+            got = self.spool.append(payload, ts)
         except Exception as exc:  # noqa: BLE001 - a full or failing flash must not stop the polling
             log("spool: reading of %s not stored: %r" % (m.id, exc))
             got = None
-        self.out("READING " + payload)
+        self.out_reading(payload)
         if got is not None and self.mqtt is not None and self.mqtt.connected:
             self.live.append(got)  # otherwise it waits for the backlog replay
             self.pub_wake.set()
+
+    def out_reading(self, payload):
+        if self._console is not None:
+            self._console(b"READING ")
+            self._console(payload)
+            self._console(b"\n")
+        else:
+            self.out("READING " + bytes(payload).decode())
 
     async def check_clock(self, m):
         """Read the meter's clock; broadcast a time sync when it drifted too far."""
