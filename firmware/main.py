@@ -46,6 +46,9 @@ def load_config(path=CONFIG):
 def report_config(errors, source, path=CONFIG):
     for where, reason in errors:
         log("config error: %s: %s" % (where, reason))
+    if source != path:
+        missing = len(errors) == 1 and errors[0] == (path, "missing")
+        log("%s %s, booting with %s" % ("no" if missing else "bad", path, source))
     log("config source: %s%s" % (source, " (safe mode)" if source != path else ""))
 
 
