@@ -32,10 +32,29 @@ def load_config_checked(path=CONFIG):
         from gateway import config as cf
 
         files = cf.FlashFiles()
-        return cf.load(files.read, (path,), cf.GOOD, files.write, files.rename, files.remove)
+        got = cf.load(files.read, (path,), cf.GOOD, files.write, files.rename, files.remove)
     except Exception as exc:  # noqa: BLE001 - a broken loader must not brick the board
         log_exc("config loader failed, booting with defaults", exc)
-        return {}, [("config", "loader failed: %r" % (exc,))], "defaults"
+        got = {}, [("config", "loader failed: %r" % (exc,))], "defaults"
+    forget("gateway.config", "gateway.config_schema")
+    return got
+
+
+def forget(*names):
+    """Drop modules only needed at boot (the validator and schema are ~20 KB
+    of heap on the ESP32); whoever needs them later imports them again."""
+    import gc
+
+    pkg = sys.modules.get("gateway")
+    for name in names:
+        sys.modules.pop(name, None)
+        short = name.rsplit(".", 1)[-1]
+        if pkg is not None and short in getattr(pkg, "__dict__", {}):
+            try:
+                delattr(pkg, short)
+            except (AttributeError, TypeError):
+                pass
+    gc.collect()
 
 
 def load_config(path=CONFIG):
