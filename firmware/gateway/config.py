@@ -830,11 +830,16 @@ def load(read_text, paths=(CONFIG,), good=GOOD, write_text=None, rename=None, re
             if err is not None:
                 errors.append(err)
             else:
-                errs = validate(cfg)
+                # an over-full schedule does not stop a board: it polls as fast as the bus
+                # allows (overruns in health) and says so; the host tools refuse it outright
+                errs = cross_errors(cfg, schema_errors(cfg), budget=False)
                 if not errs:
                     err = _save_good(text, good, read_text, write_text, rename, remove)
                     if err is not None:
                         errors.append(err)
+                    warn = _budget_warning(cfg)
+                    if warn is not None:
+                        errors.append(warn)
                     return with_defaults(cfg), errors, name
                 errors.extend(errs)
                 cfg = errs = None
@@ -861,6 +866,16 @@ def load(read_text, paths=(CONFIG,), good=GOOD, write_text=None, rename=None, re
             return defaults(), errors, "defaults"
         except Exception:  # noqa: BLE001
             return {}, errors, "defaults"
+
+
+def _budget_warning(cfg):
+    try:
+        b = poll_budget(cfg)
+    except Exception as exc:  # noqa: BLE001 - an estimate must not stop the board
+        return ("meters", "poll budget not computed: %r" % (exc,))
+    if b["error"]:
+        return ("meters", "warning: %s; polling anyway, the schedule will slip" % b["error"])
+    return None
 
 
 def safe_mode(errors, source, config_name=CONFIG):

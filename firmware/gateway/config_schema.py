@@ -133,7 +133,6 @@ SCHEMA = {
         "device_id": _ID,
         "site": _STR,
         "poll_interval_s": {"type": "number", "minimum": 0.1, "maximum": 86400, "default": 10},
-        "health_every": {"type": "integer", "minimum": 1, "maximum": 100000, "default": 10},
         "health_interval_s": {"type": "number", "minimum": 1, "maximum": 86400, "default": 60},
         "link": {
             "type": "object",

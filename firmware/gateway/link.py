@@ -23,7 +23,7 @@
 #
 # Learned latency: a Latency per meter keeps the time from the end of the
 # request to the first reply byte. The first attempt of a transaction waits
-# only a few times that (never less than LATENCY_FLOOR_MS, never more than
+# only twice that plus a margin (never less than LATENCY_FLOOR_MS, never more than
 # the configured timeout), retries wait the full timeout, so a dead or
 # silent fast meter does not cost 500 ms per item.
 from gateway.compat import const, ticks_ms, ticks_diff
@@ -47,9 +47,9 @@ _DLT = const(0)
 _MODBUS = const(1)
 _FLUSH = const(0)  # yielded: wait until the request has left the wire
 
-LATENCY_FLOOR_MS = const(80)  # an adaptive first wait is never shorter
-LATENCY_FACTOR = const(3)  # ...and is this many times the slowest recent reply
-LATENCY_MARGIN_MS = const(30)
+LATENCY_FLOOR_MS = const(150)  # an adaptive first wait is never shorter
+LATENCY_FACTOR = const(2)  # ...and is twice the slowest recent reply plus a margin:
+LATENCY_MARGIN_MS = const(100)  # host or meter jitter must not turn into false timeouts
 
 
 class Latency:

@@ -429,7 +429,8 @@ class Runtime:
         for m in self.meters:
             c = m.counters
             d = c.as_dict()
-            d["success"] = round(c.valid / c.sent, 4) if c.sent else None
+            done = c.valid + c.timeout + c.bad_checksum + c.bad_frame  # not the one on the wire now
+            d["success"] = round(c.valid / done, 4) if done else None
             d["latency_ms"] = m.latency.avg_ms if m.latency.samples else None
             d["clock_drift_s"] = m.clock_drift_s
             d["last_error"] = m.last_error
@@ -438,13 +439,15 @@ class Runtime:
             ms[m.id] = d
             col = getattr(m, "collector", None)
             if col:
-                s = collectors.setdefault(col, {"meters": 0, "sent": 0, "valid": 0})
+                s = collectors.setdefault(col, {"meters": 0, "sent": 0, "valid": 0, "done": 0})
                 s["meters"] += 1
                 s["sent"] += c.sent
                 s["valid"] += c.valid
+                s["done"] += done
         for col in collectors:
             s = collectors[col]
-            s["success"] = round(s["valid"] / s["sent"], 4) if s["sent"] else None
+            s["success"] = round(s["valid"] / s["done"], 4) if s["done"] else None
+            del s["done"]
         up_ms = ticks_diff(ticks_ms(), self.started)
         heap = {"free": None, "alloc": None}
         try:

@@ -18,6 +18,7 @@ import time
 import click
 
 from metergate.sim import DEMO_SITE
+from metergate.vboard.gateway import reading_errors
 
 CURRENT_GATE_A = 0.05  # judge direction only under load (PROTOCOLS.md)
 
@@ -37,9 +38,10 @@ class DemoView:
         if kind == "READING":
             self.latest[msg.get("meter")] = msg
             self.seen_at[msg.get("meter")] = time.monotonic()
+            if self.meters and msg.get("meter") == self.meters[0].id:
+                self.cycles += 1  # a round of the bus starts with the first meter
         elif kind == "HEALTH":
             self.health = msg
-            self.cycles = msg.get("cycle", self.cycles)
 
     def exporting(self, meter):
         """True when the meter's customer may legitimately export (PV)."""
@@ -91,7 +93,8 @@ class DemoView:
         for m in self.meters:
             r = self.latest.get(m.id)
             vals = r.get("values", {}) if r else {}
-            errs = r.get("errors", {}) if r else {}
+            errs = reading_errors(r) if r else {}
+            odd = [name for name, v in vals.items() if isinstance(v, dict) and v.get("q") == "implausible"]
             u = _v(vals, "voltage") if "voltage" in vals else _v(vals, "voltage_a")
             i = _v(vals, "current") if "current" in vals else _v(vals, "current_a")
             p = _v(vals, "power")
@@ -99,11 +102,13 @@ class DemoView:
                 quality = "[dim]not read yet[/]"
             elif errs:
                 quality = "[red]%s[/]" % "; ".join("%s: %s" % kv for kv in errs.items())
+            elif odd:
+                quality = "[yellow]implausible: %s[/]" % ", ".join(odd)
             else:
                 quality = "[green]ok[/]"
             c = counters.get(m.id) or {}
-            sent = c.get("sent", 0)
-            link = "-" if not sent else "%.0f%%" % (100.0 * c.get("valid", 0) / sent)
+            success = c.get("success")
+            link = "-" if success is None else "%.0f%%" % (100.0 * success)
             if not errs and c.get("last_error"):
                 quality += " [dim](last: %s)[/]" % c["last_error"]
             p_text = _fmt(p, 4)
@@ -157,7 +162,7 @@ def run_demo(site_path, duration=None, interval=2.0, console=None, workdir=None)
     site = load_site(site_path)
     console = console or Console()
     view = DemoView(site)
-    cfg = site_config(site, poll_interval_s=interval, health_every=1)
+    cfg = site_config(site, poll_interval_s=interval, health_interval_s=max(2, int(interval)))
 
     def on_signal(signum, frame):
         raise _Stop()

@@ -30,7 +30,7 @@ FULL = {
     "device_id": "gw-block3_1",
     "site": "Demo estate, building 3",
     "poll_interval_s": 30,
-    "health_every": 10,
+    "health_interval_s": 60,
     "health_interval_s": 60,
     "link": {"retries": 1, "response_timeout_ms": 500, "byte_timeout_ms": 100, "echo": False},
     "bus": "tcp://127.0.0.1:7645",
@@ -68,7 +68,7 @@ def test_full_example_and_defaults_are_valid():
 
 def test_defaults_come_from_the_schema():
     d = cf.defaults()
-    assert d["poll_interval_s"] == 10 and d["health_every"] == 10 and d["health_interval_s"] == 60
+    assert d["poll_interval_s"] == 10 and d["health_interval_s"] == 60
     assert d["link"] == {"retries": 1, "response_timeout_ms": 500, "byte_timeout_ms": 100, "echo": False}
     assert d["clock"]["check_interval_s"] == 3600 and d["clock"]["max_drift_s"] == 60 and d["clock"]["sync"] is True
     assert d["meters"] == [] and d["collectors"] == []
@@ -117,8 +117,8 @@ def _delete(path):
 CASES = [
     (_set(["poll_interval_s"], "soon"), ("poll_interval_s", "must be a number")),
     (_set(["poll_interval_s"], 0), ("poll_interval_s", "must be 0.1..86400")),
-    (_set(["health_every"], 2.5), ("health_every", "must be an integer")),
-    (_set(["health_every"], True), ("health_every", "must be an integer")),
+    (_set(["spool", "segments"], 2.5), ("spool.segments", "must be an integer")),
+    (_set(["spool", "segments"], True), ("spool.segments", "must be an integer")),
     (_set(["link", "retries"], 9), ("link.retries", "must be 0..5")),
     (_set(["link", "echo"], "no"), ("link.echo", "must be true or false")),
     (_set(["link", "retires"], 1), ("link", "unknown key 'retires'")),
@@ -379,6 +379,19 @@ class CountingFiles(cf.FlashFiles):
 
 GOOD_TEXT = json.dumps({"poll_interval_s": 30, "meters": [{"id": "m1", "protocol": "dlt645-2007",
                                                           "address": "202107072529"}]})
+
+
+def test_over_full_schedule_is_run_with_a_warning_on_the_board():
+    # the host tools refuse it (validate above); a board given one anyway keeps
+    # collecting, as fast as the bus allows, and says why its schedule slips
+    meters = [{"id": "m%d" % k, "protocol": "dlt645-2007", "address": "%012d" % k} for k in range(12)]
+    fs = CountingFiles(_tmpdir())
+    fs.put("config.json", json.dumps({"poll_interval_s": 5, "meters": meters}))
+    cfg, errors, source = fs.load()
+    assert source == "config.json" and len(cfg["meters"]) == 12
+    assert len(errors) == 1 and errors[0][0] == "meters"
+    assert errors[0][1].startswith("warning: the schedule needs") and "polling anyway" in errors[0][1]
+    assert fs.get("config.good.json")  # it is a usable config
 
 
 def test_good_config_is_used_and_copied_once():

@@ -241,9 +241,9 @@ def test_latency_learns_and_bounds_the_first_wait():
     assert lat.timeout(500) == 500  # nothing learned yet: the configured timeout
     for _ in range(5):
         lat.add(40)
-    assert lat.timeout(500) == 3 * 40 + 30
+    assert lat.timeout(500) == 2 * 40 + 100
     lat.add(10)
-    assert lat.timeout(500) >= 3 * 37 + 30  # one fast reply does not shrink it at once
+    assert lat.timeout(500) >= 2 * 37 + 100  # one fast reply does not shrink it at once
     fast = lk.Latency()
     fast.add(2)
     assert fast.timeout(500) == lk.LATENCY_FLOOR_MS
@@ -264,8 +264,8 @@ def test_a_silent_fast_meter_costs_its_learned_wait_not_the_full_timeout():
     t0 = clock.now
     assert link.dlt645(req, WIRE, dlt645.FN_READ, DI_V, c, 500, 100, 1, lat) == lk.TIMEOUT
     took = clock.now - t0
-    # first attempt waits 3 x 40 + 30 = 150 ms, the retry the full 500 (plus the gaps between them)
-    assert 650 <= took < 700, took
+    # first attempt waits 2 x 40 + 100 = 180 ms, the retry the full 500 (plus the gaps between them)
+    assert 680 <= took < 730, took
     assert c.sent == 6 and c.timeout == 2
 
 

@@ -150,9 +150,9 @@ def test_embedded_board_schema_agrees_with_board_configs_schema(data):
 
 
 def test_integral_floats_are_not_integers_on_either_side():
-    cfg = {"health_every": 10.0}
-    assert fw.schema_errors(cfg) == [("health_every", "must be an integer")]
-    assert host.schema_errors(cfg) == [("health_every", "10.0 is not of type 'integer'")]
+    cfg = {"spool": {"segments": 10.0}}
+    assert fw.schema_errors(cfg) == [("spool.segments", "must be an integer")]
+    assert host.schema_errors(cfg) == [("spool.segments", "10.0 is not of type 'integer'")]
 
 
 def test_host_check_adds_the_firmware_cross_checks():

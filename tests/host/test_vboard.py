@@ -114,12 +114,12 @@ def test_fs_cp_cat_ls_and_hash(served, tmp_path):
 
 def test_fs_mkdir_rm_and_missing_file(served):
     link = served["link"]
-    assert mpremote(link, "fs", "mkdir", ":spool").returncode == 0
-    assert mpremote(link, "fs", "touch", ":spool/a").returncode == 0
-    assert (served["flash"] / "spool" / "a").is_file()
-    assert mpremote(link, "fs", "rm", ":spool/a").returncode == 0
-    assert mpremote(link, "fs", "rmdir", ":spool").returncode == 0
-    assert not (served["flash"] / "spool").exists()
+    assert mpremote(link, "fs", "mkdir", ":notes").returncode == 0
+    assert mpremote(link, "fs", "touch", ":notes/a").returncode == 0
+    assert (served["flash"] / "notes" / "a").is_file()
+    assert mpremote(link, "fs", "rm", ":notes/a").returncode == 0
+    assert mpremote(link, "fs", "rmdir", ":notes").returncode == 0
+    assert not (served["flash"] / "notes").exists()
     r = mpremote(link, "fs", "cat", ":nope.txt")
     assert r.returncode != 0
     assert "No such file" in r.stderr

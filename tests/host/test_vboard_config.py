@@ -38,7 +38,7 @@ def _readings(text):
 
 def test_broken_config_keeps_the_last_good_one(tmp_path):
     site = load_site(DEMO_SITE)
-    good = site_config(site, health_every=1)
+    good = site_config(site, health_interval_s=2)
     work = tmp_path / "bench"
     # 1. a good config: used, and saved as the last good one
     with Bench(DEMO_SITE, good, workdir=work) as bench:

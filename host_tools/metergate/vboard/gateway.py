@@ -4,7 +4,8 @@
   site's bus (protocol, address / unit id, the meter's own line settings),
   valid against the device config schema (metergate.config).
 - ``parse_line(text)``: a console line of the gateway -> ("READING" | "HEALTH",
-  dict) or None. The format is the firmware's (firmware/gateway/poller.py).
+  dict) or None. READING carries the reading message of docs/mqtt.md,
+  HEALTH the health message. ``reading_errors(msg)``: what a reading failed to read.
 - ``Bench``: the simulator and a virtual board polling it, as two managed
   processes on free loopback ports (used by ``metergate demo`` and the tests).
 """
@@ -66,7 +67,7 @@ def meter_entry(meter, site=None) -> dict:
     return entry
 
 
-def site_config(site, bus_name: str | None = None, poll_interval_s: float | None = None, health_every: int = 2,
+def site_config(site, bus_name: str | None = None, poll_interval_s: float | None = None, health_interval_s: float = 2,
                 **extra) -> dict:
     """A gateway config that polls every meter on one bus of `site` (a Site).
 
@@ -78,7 +79,7 @@ def site_config(site, bus_name: str | None = None, poll_interval_s: float | None
     from metergate.codecs import config as fwconfig
 
     bus_name = bus_name or site.buses[0].name
-    cfg = {"site": site.name[:128], "poll_interval_s": 10, "health_every": health_every,
+    cfg = {"site": site.name[:128], "poll_interval_s": 10, "health_interval_s": health_interval_s,
            "link": {"retries": 1},
            "meters": [meter_entry(m, site) for m in site.meters_on_bus(bus_name)]}
     cfg.update(extra)
@@ -99,6 +100,16 @@ def parse_line(text: str):
             except ValueError:
                 return None
     return None
+
+
+def reading_errors(msg: dict) -> dict:
+    """{item: error} of a reading message (docs/mqtt.md): the items that were not
+    read, plus "*" when the whole poll failed. Empty for a clean reading."""
+    out = {name: v.get("error") for name, v in (msg.get("values") or {}).items()
+           if isinstance(v, dict) and v.get("q") == "comm_error"}
+    if msg.get("error"):
+        out["*"] = msg["error"]
+    return out
 
 
 def metergate_argv() -> list[str]:
