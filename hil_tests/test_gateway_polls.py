@@ -54,7 +54,8 @@ def test_gateway_reads_every_meter_of_the_site(board, sim, site):
             assert isinstance(item["v"], (int, float)) and isinstance(item["unit"], str)
     counters = health[-1]["meters"]
     for mid, c in counters.items():
-        assert c["sent"] >= 1 and c["valid"] >= 0.8 * c["sent"], (mid, c)
+        # one request may be on the wire while the health is taken
+        assert c["sent"] >= 1 and c["valid"] >= 0.8 * (c["sent"] - 1), (mid, c)
 
 
 def _after(readings, mid, seq):

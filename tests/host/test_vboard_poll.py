@@ -55,7 +55,7 @@ def test_every_demo_meter_is_read_without_errors(bench):
     assert readings["m1"][0]["values"]["voltage"]["unit"] == "V"
     assert readings["m1"][0]["values"]["energy_forward"]["unit"] == "kWh"
     counters = health[-1]["meters"]["m1"]
-    assert counters["sent"] >= 5 and counters["valid"] >= counters["sent"] - 1
+    assert counters["sent"] >= 5 and counters["valid"] >= counters["sent"] - 2  # a retry; one on the wire
 
 
 def clean(readings, mid):
