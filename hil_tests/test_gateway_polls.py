@@ -45,8 +45,11 @@ def test_gateway_reads_every_meter_of_the_site(board, sim, site):
     ids = _ids(site)
     console = board.console()
     # one clean reading per meter (a host stall under load may cost a single read)
-    readings, health = console.wait_for(lambda r, h: all(_clean(r, m) for m in ids) and h, timeout=90,
-                                        alive=_alive(board))
+    # ...and a health report taken after every meter has answered at least once
+    readings, health = console.wait_for(
+        lambda r, h: all(_clean(r, m) for m in ids) and h and all(
+            h[-1]["meters"].get(m, {}).get("valid", 0) > 0 for m in ids), timeout=90,
+        alive=_alive(board))
     for mid in ids:
         last = _clean(readings, mid)[-1]
         assert last["values"], last
