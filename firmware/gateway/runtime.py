@@ -560,6 +560,9 @@ class Runtime:
                  asyncio.create_task(self.health_task())]
         if self.mqtt is not None:
             tasks.append(asyncio.create_task(self.mqtt.run()))
+        wifi = self.cfg.get("wifi")
+        if isinstance(wifi, dict) and getattr(self.hal, "network_connect", None) is not None:
+            tasks.append(asyncio.create_task(self.network_task(wifi)))
         try:
             while not self.stopping:
                 await sleep_ms(1000)
@@ -567,6 +570,36 @@ class Runtime:
         finally:
             for t in tasks:
                 t.cancel()
+
+    async def network_task(self, wifi):
+        """Keep the Wi-Fi joined (the MQTT client retries on its own meanwhile) and
+        the clock set from NTP once the network is there, then every 6 h."""
+        hal = self.hal
+        backoff = 2000
+        synced_at = None
+        while not self.stopping:
+            if not hal.network_up():
+                try:
+                    hal.network_connect(wifi)
+                except Exception as exc:  # noqa: BLE001 - bad radio state: retry later
+                    log("wifi: %r" % (exc,))
+                for _ in range(20):  # up to 20 s for the association and DHCP
+                    await sleep_ms(1000)
+                    if hal.network_up():
+                        break
+                if not hal.network_up():
+                    log("wifi: %s not joined; again in %d s" % (wifi.get("ssid"), backoff // 1000))
+                    await sleep_ms(backoff)
+                    backoff = backoff * 2 if backoff < 60000 else 60000
+                    continue
+                log("wifi: joined %s" % wifi.get("ssid"))
+                backoff = 2000
+            sync = getattr(hal, "sync_time", None)
+            if sync is not None and (synced_at is None or ticks_diff(ticks_ms(), synced_at) > 6 * 3600000):
+                if sync():
+                    synced_at = ticks_ms()
+                    log("clock set from NTP")
+            await sleep_ms(5000)
 
     def stop(self):
         self.stopping = True

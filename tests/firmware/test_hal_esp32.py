@@ -187,3 +187,63 @@ def test_missing_or_bad_board_config_named():
     board["uart"] = {"id": 2, "tx": "17", "rx": 16}
     exc = raises(ValueError, lambda: _hal(board)[1].uart())
     assert "uart.tx" in str(exc)
+
+
+class _WLAN:
+    """network.WLAN as the HAL uses it; `joins` says after how many polls it is up."""
+
+    def __init__(self):
+        self.on = False
+        self.up = False
+        self.calls = []
+
+    def active(self, on=None):
+        if on is not None:
+            self.on = on
+            self.calls.append(("active", on))
+        return self.on
+
+    def isconnected(self):
+        return self.up
+
+    def disconnect(self):
+        self.calls.append(("disconnect",))
+
+    def connect(self, ssid, password):
+        self.calls.append(("connect", ssid, password))
+
+    def status(self, what=None):
+        return -61 if what == "rssi" else 1010
+
+
+class _Network:
+    STA_IF = 0
+    wlan = None
+
+    @staticmethod
+    def WLAN(which):
+        return _Network.wlan
+
+
+def test_wifi_join_rssi_and_a_board_without_wifi():
+    _, hal = _hal()
+    _Network.wlan = _WLAN()
+    saved = sys.modules.get("network")
+    sys.modules["network"] = _Network
+    try:
+        assert hal.network_up() is False and hal.wifi_rssi() is None
+        assert hal.network_connect({"ssid": "site-3", "password": "s3cret"}) is False
+        assert _Network.wlan.calls == [("active", True), ("disconnect",), ("connect", "site-3", "s3cret")]
+        _Network.wlan.up = True
+        assert hal.network_up() is True and hal.wifi_rssi() == -61
+        assert hal.network_connect({"ssid": "site-3"}) is True  # already joined: nothing more
+    finally:
+        if saved is None:
+            sys.modules.pop("network", None)
+        else:
+            sys.modules["network"] = saved
+    sys.modules["network"] = None  # no Wi-Fi module on this board
+    try:
+        assert hal.network_up() is False and hal.wifi_rssi() is None
+    finally:
+        sys.modules.pop("network", None)

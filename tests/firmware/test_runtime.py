@@ -511,3 +511,28 @@ def test_num_text_is_exact():
     assert mt.Num(-5, 3).text() == "-0.005"
     assert mt.Num(1234567890, 2).text() == "12345678.90"
     assert mt.Num(221, 0).text() == "221"
+
+
+def test_network_task_joins_wifi_then_sets_the_clock():
+    rt, hal, lines = _runtime({"wifi": {"ssid": "site-3", "password": "pw"}})
+    calls = []
+    state = {"polls": 0}
+
+    def network_up():
+        state["polls"] += 1
+        return state["polls"] > 2  # joined on the third look
+
+    hal.network_up = network_up
+    hal.network_connect = lambda wifi: calls.append(("connect", wifi["ssid"]))
+    hal.sync_time = lambda: calls.append(("ntp",)) or True
+
+    async def main():
+        import asyncio
+
+        task = asyncio.create_task(rt.network_task({"ssid": "site-3", "password": "pw"}))
+        await rtm.sleep_ms(2600)
+        rt.stop()
+        task.cancel()
+
+    _arun(main())
+    assert calls == [("connect", "site-3"), ("ntp",)]

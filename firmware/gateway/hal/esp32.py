@@ -216,12 +216,47 @@ class Esp32HAL:
             total += self._adc.read_uv()
         return total / 8 / 1e6 * self._adc_scale
 
+    def _wlan(self):
+        import network
+
+        return network.WLAN(network.STA_IF)
+
     def network_up(self):
         try:
-            import network
-
-            return network.WLAN(network.STA_IF).isconnected()
+            return self._wlan().isconnected()
         except Exception:  # noqa: BLE001 - no Wi-Fi module: wired or none
+            return False
+
+    def network_connect(self, wifi):
+        """Start joining the configured access point (returns at once; the
+        runtime polls network_up() and calls again after its backoff)."""
+        w = self._wlan()
+        w.active(True)
+        if w.isconnected():
+            return True
+        try:
+            w.disconnect()  # a half-finished attempt blocks a new connect on some IDF versions
+        except Exception:  # noqa: BLE001
+            pass
+        w.connect(wifi["ssid"], wifi.get("password") or "")
+        return False
+
+    def wifi_rssi(self):
+        """dBm of the access point, None when not connected."""
+        try:
+            w = self._wlan()
+            return w.status("rssi") if w.isconnected() else None
+        except Exception:  # noqa: BLE001
+            return None
+
+    def sync_time(self):
+        """Set the RTC from NTP (readings carry the gateway's time); False when it failed."""
+        try:
+            import ntptime
+
+            ntptime.settime()
+            return True
+        except Exception:  # noqa: BLE001 - no network yet, NTP blocked: try again later
             return False
 
     def led(self, on):
