@@ -157,3 +157,27 @@ def test_nothing_is_lost_across_a_broker_outage_and_a_power_cut(tmp_path, broker
     assert after and after == list(range(after[0], after[-1] + 1))
     # every seq is one reading: a duplicate delivery carries the same content
     assert len({(r["meter"], r["ts"], r["group"]) for r in col.readings.values()}) == len(seqs)
+
+
+def test_gateway_over_tls_with_its_client_certificate(tmp_path, pki):
+    """mqtts:// with the CA and the gateway's certificate as files on its flash;
+    the broker requires a client certificate."""
+    import shutil
+
+    from metergate.bench.broker import TlsListener
+
+    tls = TlsListener(pki / "ca.crt", pki / "server.crt", pki / "server.key", require_certificate=True)
+    with Broker(workdir=tmp_path / "broker", tls=tls) as broker:
+        flash = tmp_path / "bench" / "flash"
+        flash.mkdir(parents=True)
+        for name in ("ca.crt", "client.crt", "client.key"):
+            shutil.copy(pki / name, flash / name)
+        cfg = _config(broker.tls_url)
+        cfg["mqtt"].update({"ca": "ca.crt", "cert": "client.crt", "key": "client.key"})
+        probe = MqttProbe(broker.url).connect()
+        probe.subscribe(BASE + "/#", qos=1)
+        col = Collector(probe)
+        with Bench(DEMO_SITE, cfg, workdir=tmp_path / "bench") as bench:
+            assert col.wait_for(lambda: len(col.readings) >= 2, 40), bench.board.tail()
+            assert any(k == "status" and b["state"] == "online" for k, _, b, _ in col.other)
+        probe.disconnect()
