@@ -457,6 +457,8 @@ def _cross(cfg, out):
                 _err(out, ["mqtt", key], "only used with mqtts://")
         if ("cert" in mq) != ("key" in mq):
             _err(out, ["mqtt", "key" if "cert" in mq else "cert"], "cert and key go together")
+        if "password" in mq and "user" not in mq and "@" not in url:
+            _err(out, ["mqtt", "user"], "a password needs a user name (MQTT 3.1.1)")
     bus = cfg.get("bus")
     if isinstance(bus, str) and bus.startswith("tcp://"):
         _host_port(bus, 6, out, "bus")

@@ -134,6 +134,9 @@ SCHEMA = {
         "site": _STR,
         "poll_interval_s": {"type": "number", "minimum": 0.1, "maximum": 86400, "default": 10},
         "health_interval_s": {"type": "number", "minimum": 1, "maximum": 86400, "default": 60},
+        "command_token": {"type": "string", "minLength": 8, "maxLength": 64},
+        "config_confirm_s": {"type": "number", "minimum": 10, "maximum": 3600, "default": 120},
+        "watchdog": {"type": "boolean", "default": True},
         "link": {
             "type": "object",
             "additionalProperties": False,

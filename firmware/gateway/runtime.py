@@ -38,6 +38,16 @@ SYNC_LIMIT_S = 300  # many meters refuse a broadcast correction above 5 min (unv
 REPLAY_PER_S = 20
 RESET_HISTORY = 16
 BOOT_FILE = "boot.json"
+CONFIG_FILE = "config.json"
+CONFIG_PREV = "config.prev.json"  # what config_put replaced, until the new one is confirmed
+CONFIG_TRIAL = "config.trial"  # a config_put on probation: {"boots": n, "confirm_s": s}
+CONFIG_GOOD = "config.good.json"
+WDT_STALE_MS = 25000  # the bus has done nothing this long: stop feeding the watchdog
+SECRET_KEYS = ("password", "key", "command_token")
+
+
+class Unauthorised(Exception):
+    pass
 
 
 def log(msg):
@@ -125,6 +135,11 @@ class Runtime:
         self.busy_ms = 0  # time the bus task spent in transactions
         self.syncs = 0
         self.stopping = False
+        self.bus_beat = ticks_ms()
+        self.wdt_stale_ms = WDT_STALE_MS
+        self.token = cfg.get("command_token")
+        self.trial = self._read_trial()
+        self.confirm_ms = int(cfg.get("config_confirm_s", 120) * 1000)
         self.mqtt = None
         if mq.get("url"):
             try:
@@ -224,7 +239,7 @@ class Runtime:
     async def bus_task(self):
         hal = self.hal
         while not self.stopping:
-            hal.wdt_feed()
+            self.bus_beat = ticks_ms()
             if self.jobs:
                 job = self.jobs.pop(0)
                 try:
@@ -514,6 +529,19 @@ class Runtime:
         await self._reply(name, rid, True, None, result)
 
     async def command(self, name, req):
+        if self.token is not None and req.get("token") != self.token:
+            raise Unauthorised("unauthorised: this gateway needs the command token")
+        if name == "config_get":
+            return self.config_get()
+        if name == "config_put":
+            self.config_put(req.get("config"))
+
+            async def later():
+                await sleep_ms(500)  # let the reply leave first
+                self.hal.reset()
+
+            asyncio.create_task(later())
+            return {"rebooting": True, "confirm_s": self.confirm_ms // 1000}
         if name == "poll":
             wanted = req.get("meter")
             n = 0
@@ -538,7 +566,7 @@ class Runtime:
 
             asyncio.create_task(later())
             return None
-        raise ValueError("unknown command %r (poll, time_sync, health, reboot)" % name)
+        raise ValueError("unknown command %r (poll, time_sync, health, reboot, config_get, config_put)" % name)
 
     async def _reply(self, name, rid, ok, error, result=None):
         msg = {"device": self.device, "command": name, "id": rid, "ok": ok, "ts": self.hal.time()}
@@ -563,13 +591,138 @@ class Runtime:
         wifi = self.cfg.get("wifi")
         if isinstance(wifi, dict) and getattr(self.hal, "network_connect", None) is not None:
             tasks.append(asyncio.create_task(self.network_task(wifi)))
+        if self.trial is not None:
+            tasks.append(asyncio.create_task(self.trial_task()))
+        if self.cfg.get("watchdog", True):
+            start = getattr(self.hal, "wdt_start", None)
+            if start is not None:
+                start()
         try:
             while not self.stopping:
                 await sleep_ms(1000)
-                self.hal.wdt_feed()
+                if self.healthy():
+                    self.hal.wdt_feed()
+                else:
+                    log("watchdog: the bus task is stuck; not feeding the watchdog")
         finally:
             for t in tasks:
                 t.cancel()
+
+    def healthy(self):
+        """The loop runs (we are in it) and the bus task made progress lately: it
+        went round its loop, or the link sent or heard something (a long poll)."""
+        now = ticks_ms()
+        age = ticks_diff(now, self.bus_beat)
+        last = self.link._last
+        if last is not None:
+            bus = ticks_diff(now, last)
+            if bus < age:
+                age = bus
+        return age < self.wdt_stale_ms
+
+    # -- config over MQTT ----------------------------------------------------------
+    def _read_trial(self):
+        try:
+            with open(self.hal.flash_path(CONFIG_TRIAL)) as f:
+                t = json.load(f)
+            return t if isinstance(t, dict) else {"boots": 1}
+        except Exception:  # noqa: BLE001 - no trial running
+            return None
+
+    def _write(self, name, text):
+        import os
+
+        path = self.hal.flash_path(name)
+        with open(path + ".tmp", "w") as f:
+            f.write(text)
+        try:
+            os.rename(path + ".tmp", path)
+        except OSError:  # file systems whose rename does not replace
+            try:
+                os.remove(path)
+            except OSError:
+                pass
+            os.rename(path + ".tmp", path)
+
+    def _remove(self, name):
+        import os
+
+        try:
+            os.remove(self.hal.flash_path(name))
+        except OSError:
+            pass
+
+    def _read(self, name):
+        with open(self.hal.flash_path(name)) as f:
+            return f.read()
+
+    def config_get(self):
+        """The running config with every secret replaced by "***"."""
+        def redact(v):
+            if isinstance(v, dict):
+                return {k: ("***" if k in SECRET_KEYS and v[k] else redact(v[k])) for k in v}
+            if isinstance(v, list):
+                return [redact(x) for x in v]
+            return v
+
+        return {"source": self.config_source, "config": redact(self.cfg)}
+
+    def config_put(self, new):
+        """Validate, store atomically with the old config kept, reboot into it on
+        probation; nothing changes when it is invalid."""
+        from gateway import config as cf
+
+        if not isinstance(new, dict):
+            raise ValueError("'config' must be a JSON object")
+        errors = cf.validate(new)
+        if errors:
+            raise ValueError("invalid config: " + "; ".join("%s: %s" % e for e in errors[:10]))
+        try:
+            old = self._read(CONFIG_FILE)
+        except OSError:
+            old = None
+        if old is not None:
+            self._write(CONFIG_PREV, old)
+        self._write(CONFIG_TRIAL, json.dumps({"boots": 0, "confirm_s": self.confirm_ms // 1000}))
+        self._write(CONFIG_FILE, json.dumps(new))
+        log("config: new config stored; rebooting into it on probation")
+
+    def rollback(self, why):
+        """Back to the config config_put replaced (and make it the good one again)."""
+        log("config: rolling back (%s)" % why)
+        try:
+            prev = self._read(CONFIG_PREV)
+        except OSError:
+            prev = None
+        if prev is not None:
+            self._write(CONFIG_FILE, prev)
+            self._write(CONFIG_GOOD, prev)
+        self._remove(CONFIG_TRIAL)
+        self._remove(CONFIG_PREV)
+        self.hal.reset()
+
+    async def trial_task(self):
+        """A config_put on probation: confirmed when the broker is reached in time,
+        rolled back otherwise (or when it keeps the board from booting twice)."""
+        boots = int(self.trial.get("boots", 0)) + 1
+        if boots > 2:
+            self.rollback("the new config did not get the board to the broker in %d boots" % (boots - 1))
+            return
+        self._write(CONFIG_TRIAL, json.dumps({"boots": boots, "confirm_s": self.trial.get("confirm_s")}))
+        if self.config_source != CONFIG_FILE:
+            self.rollback("the new config was not usable (%s)" % self.config_source)
+            return
+        limit = int(self.trial.get("confirm_s") or self.confirm_ms // 1000) * 1000
+        start = ticks_ms()
+        while ticks_diff(ticks_ms(), start) < limit:
+            if self.mqtt is not None and self.mqtt.connected:
+                self._remove(CONFIG_TRIAL)
+                self._remove(CONFIG_PREV)
+                self.trial = None
+                log("config: new config confirmed (broker reached)")
+                return
+            await sleep_ms(500)
+        self.rollback("the broker was not reached within %d s" % (limit // 1000))
 
     async def network_task(self, wifi):
         """Keep the Wi-Fi joined (the MQTT client retries on its own meanwhile) and

@@ -146,6 +146,7 @@ CASES = [
     (_set(["board"], {"name": "x"}), ("board.uart", "required")),
     (_set(["bus"], "tcp://localhost:0"), ("bus", "port must be 1..65535")),
     (_set(["bus"], "serial:/dev/ttyUSB0"), ("bus", "needs tcp://host:port")),
+    (_set(["mqtt"], {"url": "mqtt://h:1", "password": "x"}), ("mqtt.user", "a password needs a user name (MQTT 3.1.1)")),
     (_set(["spool", "segments"], 1), ("spool.segments", "must be 2..64")),
     (_set(["spool", "max_bytes"], 8192), ("spool.max_record", "larger than a segment holds (max_bytes / segments - 28 = 996)")),
     (_set(["clock", "sync"], 1), ("clock.sync", "must be true or false")),

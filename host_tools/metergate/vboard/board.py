@@ -98,9 +98,30 @@ def board_env(flash: pathlib.Path, bus: str | None = None, repl: bool = False, r
     return env
 
 
-def run_argv() -> list[str]:
-    """argv of the board process (settings travel in the environment, see board_env)."""
-    return [micropython_command(), str(REPL_SERVER)]
+_HEAPSIZE = re.compile(r"^[1-9][0-9]*[KkMm]?$")
+
+
+def check_heapsize(heapsize: str | None) -> str | None:
+    """`heapsize` as micropython's -X heapsize takes it ("96K", "2M", "98304"), else VboardError."""
+    if heapsize is None:
+        return None
+    text = str(heapsize).strip()
+    if not _HEAPSIZE.match(text):
+        raise VboardError("heap size %r: give bytes, or a number with K or M (e.g. 96K)" % heapsize)
+    return text
+
+
+def run_argv(heapsize: str | None = None) -> list[str]:
+    """argv of the board process (settings travel in the environment, see board_env).
+
+    `heapsize` (e.g. "96K": an ESP32 without PSRAM) caps the MicroPython heap
+    with the interpreter's `-X heapsize=`; a MemoryError then happens where it
+    would on such a board (64-bit objects here are larger than the ESP32's)."""
+    argv = [micropython_command()]
+    heapsize = check_heapsize(heapsize)
+    if heapsize:
+        argv += ["-X", "heapsize=" + heapsize]
+    return argv + [str(REPL_SERVER)]
 
 
 def socat_argv(link: pathlib.Path) -> list[str]:

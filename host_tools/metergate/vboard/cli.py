@@ -42,13 +42,19 @@ def vboard():
 @FIRMWARE
 @NO_INSTALL
 @DEVICE_ID
-def run(flash, bus, firmware, no_install, device_id):
+@click.option("--heapsize", default=None, metavar="SIZE",
+              help="Cap the MicroPython heap, e.g. 96K (an ESP32 without PSRAM) [default: the interpreter's].")
+def run(flash, bus, firmware, no_install, device_id, heapsize):
     """Boot the firmware in the foreground; its console is this terminal."""
     from metergate.vboard import board
 
+    try:
+        board.check_heapsize(heapsize)
+    except board.VboardError as exc:
+        raise click.BadParameter(str(exc), param_hint="--heapsize")
     _install(flash, firmware, no_install)
     env = board.board_env(flash, bus, repl=False, device_id=device_id)
-    argv = board.run_argv()
+    argv = board.run_argv(heapsize)
     sys.stdout.flush()
     # Replace this process: signals (Ctrl-C, SIGTERM) reach the board directly
     # and nothing is left behind when it stops.

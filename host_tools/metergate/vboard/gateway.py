@@ -159,10 +159,16 @@ class Bench:
     """`metergate sim serve SITE` + `metergate vboard run` polling it (context manager).
 
     ``workdir`` holds the flash and both logs (a temp dir, removed on exit, when
-    None). ``.sim_url``, ``.control_url``, ``.board_log``, ``.follower``.
+    None). ``heapsize`` (e.g. "96K") caps the board's MicroPython heap
+    (``vboard run --heapsize``); ``firmware`` installs another firmware tree,
+    e.g. the .mpy of ``metergate firmware build`` (``vboard run --firmware``),
+    which is what a board with little RAM needs: compiling the .py sources
+    takes more heap than 96K. ``.sim_url``, ``.control_url``, ``.board_log``,
+    ``.follower``.
     """
 
-    def __init__(self, site_path, config: dict, workdir=None, ready_timeout: float = 20.0):
+    def __init__(self, site_path, config: dict, workdir=None, ready_timeout: float = 20.0, heapsize=None,
+                 firmware=None):
         self.site_path = pathlib.Path(site_path)
         self.config = config
         self._tmp = None
@@ -171,6 +177,8 @@ class Bench:
             workdir = self._tmp.name
         self.workdir = pathlib.Path(workdir)
         self.ready_timeout = ready_timeout
+        self.heapsize = heapsize
+        self.firmware = firmware
         self.sim = self.board = None
 
     def start(self):
@@ -202,8 +210,11 @@ class Bench:
         return self
 
     def _board(self):
+        extra = ["--heapsize", str(self.heapsize)] if self.heapsize else []
+        if self.firmware:
+            extra += ["--firmware", str(self.firmware)]
         return ManagedProcess(
-            metergate_argv() + ["vboard", "run", "--flash", str(self.flash), "--bus", self.sim_url],
+            metergate_argv() + ["vboard", "run", "--flash", str(self.flash), "--bus", self.sim_url] + extra,
             self.board_log, name="metergate vboard run", ready_line=r"\[app\] polling",
             ready_timeout=self.ready_timeout, grace=3.0)
 
