@@ -33,6 +33,8 @@ class DemoView:
         self.seen_at = {}
         self.health = None
         self.cycles = 0
+        self.source = "the gateway's console"
+        self.contract_errors = []
 
     def feed(self, kind, msg):
         if kind == "READING":
@@ -42,6 +44,8 @@ class DemoView:
                 self.cycles += 1  # a round of the bus starts with the first meter
         elif kind == "HEALTH":
             self.health = msg
+        elif kind == "CONTRACT":
+            self.contract_errors.append(msg["error"])
 
     def exporting(self, meter):
         """True when the meter's customer may legitimately export (PV)."""
@@ -81,6 +85,8 @@ class DemoView:
         from rich.table import Table
 
         t = Table(title="%s: virtual gateway readings (cycle %d)" % (self.site.name, self.cycles),
+                  caption="as received from %s%s" % (self.source, "; %d messages broke the contract, last: %s" % (
+                      len(self.contract_errors), self.contract_errors[-1]) if self.contract_errors else ""),
                   expand=False)
         for col, justify in (("meter", "left"), ("pos", "right"), ("protocol", "left"), ("U V", "right"),
                              ("I A", "right"), ("P kW", "right"), ("fwd kWh", "right"), ("rev kWh", "right")):
@@ -151,6 +157,31 @@ class _Stop(Exception):
     pass
 
 
+DEMO_DEVICE = "demo-gw"
+
+
+def _mqtt_messages(probe):
+    """("READING" | "HEALTH", message) for what reached the broker since the last call;
+    a message that breaks the contract is shown as a contract error, never dropped silently."""
+    from metergate import contract
+
+    out = []
+    while True:
+        try:
+            msg = probe.get(timeout=0)
+        except TimeoutError:
+            return out
+        where = contract.kind_of_topic(msg.topic)
+        if where is None or where[1] not in ("reading", "health"):
+            continue
+        try:
+            body = contract.validate(where[1], msg.payload)
+        except contract.ContractError as exc:
+            out.append(("CONTRACT", {"error": str(exc)}))
+            continue
+        out.append(("READING" if where[1] == "reading" else "HEALTH", body))
+
+
 def run_demo(site_path, duration=None, interval=2.0, console=None, workdir=None):
     """Run the demo; returns the DemoView at the end. Raises ProcessError if a part fails."""
     from rich.console import Console
@@ -159,10 +190,19 @@ def run_demo(site_path, duration=None, interval=2.0, console=None, workdir=None)
     from metergate.sim import load_site
     from metergate.vboard.gateway import Bench, site_config
 
+    from metergate.bench.broker import Broker, BrokerNotFound, MqttProbe
+
     site = load_site(site_path)
     console = console or Console()
     view = DemoView(site)
-    cfg = site_config(site, poll_interval_s=interval, health_interval_s=max(2, int(interval)))
+    extra = {"health_interval_s": max(2, int(interval))}
+    broker = probe = None
+    try:
+        broker = Broker().start()
+        extra.update(device_id=DEMO_DEVICE, mqtt={"url": broker.url, "keepalive_s": 30})
+    except BrokerNotFound as exc:
+        console.print("[yellow]no MQTT broker: %s; showing the gateway's console instead[/]" % exc)
+    cfg = site_config(site, poll_interval_s=interval, **extra)
 
     def on_signal(signum, frame):
         raise _Stop()
@@ -172,16 +212,27 @@ def run_demo(site_path, duration=None, interval=2.0, console=None, workdir=None)
     try:
         console.print("metergate demo: simulator on %s, virtual gateway polling %d meters; starting..."
                       % (site.name, len(view.meters)))
+        if broker is not None:
+            # the back office's view: what arrives at the broker, checked against the contract
+            probe = MqttProbe(broker.url, client_id="metergate-demo").connect()
+            probe.subscribe("metergate/v1/%s/#" % DEMO_DEVICE, qos=1)
+            view.source = "MQTT %s" % broker.url
         bench.start()
-        console.print("simulator %s (control %s), gateway flash %s" % (bench.sim_url, bench.control_url,
-                                                                    bench.flash))
+        console.print("simulator %s (control %s), gateway flash %s%s" % (
+            bench.sim_url, bench.control_url, bench.flash,
+            ", broker %s" % broker.url if broker is not None else ""))
         deadline = None if duration is None else time.monotonic() + duration
         live = console.is_terminal
         printed_cycle = 0
 
         def step():
-            for kind, msg in bench.follower.poll():
-                view.feed(kind, msg)
+            lines = bench.follower.poll()  # read always: keeps the log follower current
+            if probe is None:
+                for kind, msg in lines:
+                    view.feed(kind, msg)
+            else:
+                for kind, msg in _mqtt_messages(probe):
+                    view.feed(kind, msg)
             if not bench.board.running:
                 raise click.ClickException("the virtual board stopped (exit %s):\n%s"
                                            % (bench.board.returncode, bench.board.tail()))
@@ -211,6 +262,10 @@ def run_demo(site_path, duration=None, interval=2.0, console=None, workdir=None)
         pass
     finally:
         bench.stop()
+        if probe is not None:
+            probe.disconnect()
+        if broker is not None:
+            broker.stop()
         for s, handler in old.items():
             signal.signal(s, handler)
     console.print("metergate demo: stopped the simulator and the virtual gateway")

@@ -75,7 +75,7 @@ def run_demo(args, tmp_path, interrupt_after=None, timeout=90):
 def test_demo_runs_for_its_duration_and_cleans_up(tmp_path):
     code, text, seen, left = run_demo(["--duration", "20"], tmp_path)
     assert code == 0, text
-    assert len(seen) >= 2, "the simulator and the board should have been children"
+    assert len(seen) >= 3, "the broker, the simulator and the board should have been children"
     assert left == [], "left behind: %s" % left
     for mid in ("m1", "m2", "m3", "m4", "m5", "m6"):
         assert "│ %s " % mid in text, mid
@@ -83,6 +83,9 @@ def test_demo_runs_for_its_duration_and_cleans_up(tmp_path):
     assert "m3 (position 3" not in text  # m3 exports PV power: negative but expected
     assert "645-97 1200E" in text and "sdm120 2400E" in text
     assert "100%" in text
+    # the readings shown are what reached the broker, every one within the MQTT contract
+    assert "as received from MQTT mqtt://127.0.0.1:" in text
+    assert "broke the contract" not in text
     assert text.rstrip().endswith("stopped the simulator and the virtual gateway")
     assert not list(tmp_path.glob("metergate-demo-*"))
 
