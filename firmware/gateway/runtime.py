@@ -263,10 +263,13 @@ class Runtime:
                 entry[0] = ticks_add(entry[0], entry[3])
             m = self.meters[entry[1]]
             t0 = ticks_ms()
-            if entry[2] < 0:
-                await self.check_clock(m)
-            else:
-                await self.poll_group(m, entry[2])
+            try:
+                if entry[2] < 0:
+                    await self.check_clock(m)
+                else:
+                    await self.poll_group(m, entry[2])
+            except Exception as exc:  # noqa: BLE001 - the bus task must outlive anything one job does
+                log("meter %s: %s failed: %r" % (m.id, "clock check" if entry[2] < 0 else "poll", exc))
             self.busy_ms += ticks_diff(ticks_ms(), t0)
 
     async def _idle(self, ms):
@@ -541,7 +544,7 @@ class Runtime:
                 self.hal.reset()
 
             asyncio.create_task(later())
-            return {"rebooting": True, "confirm_s": self.confirm_ms // 1000}
+            return {"rebooting": True, "confirm_s": req["config"].get("config_confirm_s", 120)}
         if name == "poll":
             wanted = req.get("meter")
             n = 0
@@ -683,7 +686,8 @@ class Runtime:
             old = None
         if old is not None:
             self._write(CONFIG_PREV, old)
-        self._write(CONFIG_TRIAL, json.dumps({"boots": 0, "confirm_s": self.confirm_ms // 1000}))
+        # the new config's own confirmation time applies to it
+        self._write(CONFIG_TRIAL, json.dumps({"boots": 0, "confirm_s": new.get("config_confirm_s", 120)}))
         self._write(CONFIG_FILE, json.dumps(new))
         log("config: new config stored; rebooting into it on probation")
 

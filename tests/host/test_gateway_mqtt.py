@@ -181,3 +181,39 @@ def test_gateway_over_tls_with_its_client_certificate(tmp_path, pki):
             assert col.wait_for(lambda: len(col.readings) >= 2, 40), bench.board.tail()
             assert any(k == "status" and b["state"] == "online" for k, _, b, _ in col.other)
         probe.disconnect()
+
+
+def test_config_put_over_mqtt_is_confirmed_or_rolled_back(tmp_path, broker):
+    from metergate.bench.procs import free_tcp_port
+
+    probe = MqttProbe(broker.url, client_id="backoffice-test").connect()
+    probe.subscribe(BASE + "/#", qos=1)
+    col = Collector(probe)
+    cfg = _config(broker.url)
+    with Bench(DEMO_SITE, cfg, workdir=tmp_path / "bench") as bench:
+        flash = bench.flash
+
+        def boots_online():
+            return [b["boot_count"] for k, _, b, _ in col.other if k == "status" and b["state"] == "online"]
+
+        assert col.wait_for(lambda: boots_online() == [1], 30), bench.board.tail()
+        # a valid new config: stored, rebooted into, confirmed by reaching the broker
+        new = dict(cfg, poll_interval_s=cfg["poll_interval_s"] + 7)
+        probe.publish(BASE + "/cmd/config_put", json.dumps({"id": "put-1", "config": new}).encode(), qos=1)
+        assert col.wait_for(lambda: 2 in boots_online(), 40), bench.board.tail()
+        assert col.wait_for(lambda: not (flash / "config.trial").exists(), 20), bench.board.tail()
+        assert json.loads((flash / "config.json").read_text())["poll_interval_s"] == new["poll_interval_s"]
+        replies = {b["id"]: b for k, _, b, _ in col.other if k == "reply"}
+        assert replies["put-1"]["ok"] is True and replies["put-1"]["result"]["rebooting"] is True
+        # a config whose broker cannot be reached: rolled back after config_confirm_s
+        dead = dict(new, mqtt={"url": "mqtt://127.0.0.1:%d" % free_tcp_port()}, config_confirm_s=10)
+        probe.publish(BASE + "/cmd/config_put", json.dumps({"id": "put-2", "config": dead}).encode(), qos=1)
+        assert col.wait_for(lambda: 3 in boots_online() or 4 in boots_online(), 60), bench.board.tail()
+        assert json.loads((flash / "config.json").read_text())["mqtt"]["url"] == broker.url
+        assert "rolling back (the broker was not reached within 10 s)" in bench.board.log_text()
+        # an invalid one changes nothing
+        probe.publish(BASE + "/cmd/config_put", json.dumps({"id": "put-3", "config": {"meters": 5}}).encode(), qos=1)
+        assert col.wait_for(lambda: "put-3" in {b["id"] for k, _, b, _ in col.other if k == "reply"}, 20)
+        bad = [b for k, _, b, _ in col.other if k == "reply" and b["id"] == "put-3"][0]
+        assert bad["ok"] is False and "invalid config" in bad["error"]
+    probe.disconnect()

@@ -325,6 +325,13 @@ class UnixHAL:
         return self._reset_cause
 
     def reset(self):
+        # a real reset drops every connection; here the process lives on, so close the
+        # bus link now (the simulator serves one gateway at a time)
+        if self._uart is not None:
+            try:
+                self._uart.close()
+            except Exception:  # noqa: BLE001
+                pass
         try:
             with open(self.flash_path(STATE_FILE), "w") as f:
                 f.write("soft")
