@@ -157,6 +157,11 @@ def test_nothing_is_lost_across_a_broker_outage_and_a_power_cut(tmp_path, broker
     assert after and after == list(range(after[0], after[-1] + 1))
     # every seq is one reading: a duplicate delivery carries the same content
     assert len({(r["meter"], r["ts"], r["group"]) for r in col.readings.values()}) == len(seqs)
+    # per meter, in seq order, time never goes back (replays and the reboot included)
+    per_meter = {}
+    for q in seqs:
+        per_meter.setdefault(col.readings[q]["meter"], []).append(col.readings[q]["ts"])
+    assert all(ts == sorted(ts) for ts in per_meter.values()), per_meter
 
 
 def test_gateway_over_tls_with_its_client_certificate(tmp_path, pki):
