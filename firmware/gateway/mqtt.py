@@ -403,7 +403,7 @@ class MQTTClient:
     def __init__(self, client_id, host, port=1883, user=None, password=None, keepalive=60,
                  clean_session=False, will=None, ssl=None, on_message=None, on_ack=None,
                  on_connect=None, on_disconnect=None, max_inflight=16, max_packet=4096,
-                 backoff_ms=(500, 60000), rand=None, connect_timeout_ms=10000):
+                 backoff_ms=(500, 60000), rand=None, connect_timeout_ms=10000, max_publish=16384):
         if will is not None and (len(will) != 4 or will[2] not in (0, 1, 2)):
             raise ValueError("will is (topic, payload, qos, retain)")
         if max_inflight < 1 or max_packet < 16:
@@ -419,7 +419,8 @@ class MQTTClient:
         self.on_connect = on_connect
         self.on_disconnect = on_disconnect
         self._max_inflight = max_inflight
-        self._max_packet = max_packet
+        self._max_packet = max_packet  # incoming: the receive buffer holds a whole packet
+        self._max_publish = max_publish  # outgoing: written from the caller's bytes, no buffer of that size
         self._backoff = backoff_ms
         self._rand = rand or _rand
         self._timeout_ms = connect_timeout_ms
@@ -485,8 +486,8 @@ class MQTTClient:
             topic = topic.encode()
         if isinstance(payload, str):
             payload = payload.encode()
-        if 4 + len(topic) + len(payload) > self._max_packet:
-            raise ValueError("message larger than max_packet")
+        if 4 + len(topic) + len(payload) > self._max_publish:
+            raise ValueError("message larger than max_publish (%d bytes)" % self._max_publish)
         if not qos:
             if not self._connected:
                 self.stats["dropped"] += 1

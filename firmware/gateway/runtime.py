@@ -164,6 +164,8 @@ class Runtime:
                 if mid in seen:
                     raise mt.ConfigError("%s: duplicate meter id" % mid)
                 m = mt.build(entry, defaults)
+            except MemoryError:
+                raise  # not the entry's fault: main.py reports it and restarts
             except Exception as exc:  # noqa: BLE001 - one bad entry must not stop the others
                 log("meter %s: bad config, skipped: %s" % (mid if mid else "#%d" % k, exc))
                 self.config_errors.append(("meters[%d]" % k, str(exc)))
@@ -469,6 +471,7 @@ class Runtime:
         up_ms = ticks_diff(ticks_ms(), self.started)
         heap = {"free": None, "alloc": None}
         try:
+            gc.collect()  # live objects, not garbage waiting for the next collection
             heap = {"free": gc.mem_free(), "alloc": gc.mem_alloc()}
         except AttributeError:  # CPython
             pass
@@ -501,7 +504,10 @@ class Runtime:
         self.out("HEALTH " + text)
         client = self.mqtt
         if client is not None and client.connected:
-            await client.publish(self.base + "/health", text.encode(), qos=1, retain=True)
+            try:
+                await client.publish(self.base + "/health", text.encode(), qos=1, retain=True)
+            except ValueError as exc:  # too large for the client: say so, keep the connection
+                log("health not published: %s" % exc)
 
     async def health_task(self):
         while not self.stopping:

@@ -202,3 +202,15 @@ def test_pem_to_der():
     assert mqtt.pem_to_der(b"junk before\n" + pem + pem) == der  # the first block
     assert mqtt.pem_to_der(der) == der
     raises(ValueError, mqtt.pem_to_der, b"-----BEGIN X-----\nAAAA")
+
+
+def test_outgoing_messages_are_not_bound_by_the_receive_buffer():
+    # a gateway with many meters publishes a health message larger than what it
+    # needs to receive: max_packet sizes the receive buffer, max_publish the sends
+    from gateway.mqtt import MQTTClient
+
+    c = MQTTClient("gw", "127.0.0.1", 1, max_packet=4096)
+    pid = c._put("t/health", b"x" * 6000, 1, True)  # offline: queued for the next connection
+    assert pid and c.inflight == [pid]
+    exc = raises(ValueError, c._put, "t/health", b"x" * 20000, 1, True)
+    assert "max_publish" in str(exc)
