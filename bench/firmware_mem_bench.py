@@ -12,13 +12,15 @@ HEAP_BUDGET = 100 * 1024
 
 
 def run():
+    import tempfile
+
     mpy = pathlib.Path(sys.executable).with_name("micropython")
-    build = ROOT / "build" / "mpy"
-    if not (build / "gateway").exists():
+    with tempfile.TemporaryDirectory(prefix="mg-fwmem-") as tmp:
+        build = pathlib.Path(tmp) / "mpy"  # always this checkout's code, never a stale build
         subprocess.run([str(pathlib.Path(sys.executable).with_name("metergate")), "firmware", "build", "--out",
                         str(build)], check=True, capture_output=True)
-    out = subprocess.run([str(mpy), str(ROOT / "bench" / "mpy" / "runtime_mem.py"), str(build),
-                          str(ROOT / "tests" / "firmware")], capture_output=True, text=True, timeout=120)
+        out = subprocess.run([str(mpy), str(ROOT / "bench" / "mpy" / "runtime_mem.py"), str(build),
+                              str(ROOT / "tests" / "firmware")], capture_output=True, text=True, timeout=120)
     line = [x for x in out.stdout.splitlines() if x.startswith("static ")]
     if not line:
         raise RuntimeError("runtime_mem.py printed nothing useful:\n" + out.stdout + out.stderr)
