@@ -114,9 +114,14 @@ def main():
     hal.config = cfg
     hal.config_errors = errors
     hal.config_source = source
+    cfg = None  # the app may let go of parts of it (its meter list): hold no copy here
     report_config(errors, source)
     log("boot device=%s reset=%s hal=%s" % (hal.device_id(), hal.reset_cause(), hal.name))
+    runs = 0
     while True:
+        if runs:  # a restart after a crash: the app gets the whole config again
+            hal.config, hal.config_errors, hal.config_source = load_config_checked()
+        runs += 1
         try:
             app = find_app()
         except Exception as exc:  # noqa: BLE001

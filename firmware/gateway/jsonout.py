@@ -30,13 +30,28 @@ class ItemOut:
         self.error_tail = (b',"unit":' + _lit(unit) if unit is not None else b"") + b',"t":'
 
 
+_ITEMS = {}  # (name, unit) -> ItemOut: meters reading the same items share their bytes
+_GROUPS = {}  # group name -> its bytes
+
+
+def item_out(name, unit):
+    key = (name, unit)
+    it = _ITEMS.get(key)
+    if it is None:
+        it = _ITEMS[key] = ItemOut(name, unit)
+    return it
+
+
 class GroupOut:
-    """The constant bytes of one poll group of one meter."""
+    """The constant bytes of one poll group of one meter (item pieces shared)."""
 
     def __init__(self, device, meter, group, items, units):
         self.head = b'{"device":' + _lit(device) + b',"meter":' + _lit(meter) + b',"seq":'
-        self.mid = b',"group":' + _lit(group) + b',"values":{'
-        self.items = [ItemOut(name, units.get(name)) for name in items]
+        mid = _GROUPS.get(group)
+        if mid is None:
+            mid = _GROUPS[group] = b',"group":' + _lit(group) + b',"values":{'
+        self.mid = mid
+        self.items = tuple(item_out(name, units.get(name)) for name in items)
         self.names = items
 
 

@@ -253,7 +253,7 @@ class DltMeter(Meter):
             except (ValueError, dlt645.DLT645Error):
                 self.entries[name] = "unknown_item"
                 continue
-            self.entries[name] = (di_int, self._request(di_int), info["unit"])
+            self.entries[name] = (di_int, None, info["unit"])  # the frame is built when it is sent
         # per group: [(block DI, block request, [names])] for families of >= 2 items, and the other names
         self.plans = []
         for _gname, items, _iv in self.groups:
@@ -272,7 +272,7 @@ class DltMeter(Meter):
             in_block = []
             for bdi in order:
                 if len(families[bdi]) >= 2:
-                    blocks.append((bdi, self._request(bdi), families[bdi]))
+                    blocks.append((bdi, None, families[bdi]))
                     in_block.extend(families[bdi])
             singles = [n for n in items if n not in in_block]
             self.plans.append((blocks, singles))
@@ -298,8 +298,11 @@ class DltMeter(Meter):
                  else dlt645_1997.error_names(f.error)) if f.error is not None else ()
         return "meter_error:" + ("+".join(names) or "unknown")
 
-    async def _read(self, link, di, req):
-        """One read: (OK, frame) or (link result, None)."""
+    async def _read(self, link, di, req=None):
+        """One read: (OK, frame) or (link result, None). The request frame is built
+        here (20 bytes of garbage) rather than kept per item (live heap per meter)."""
+        if req is None:
+            req = self._request(di)
         res = await link.dlt645_async(req, self.address, self._fn, di, self.counters, self.timeout_ms,
                                       self.byte_timeout_ms, self.retries, self.latency)
         return res, (link.frame if res == lk.OK else None)
@@ -385,7 +388,7 @@ class DltMeter(Meter):
         dis = (0x04000101, 0x04000102) if self.version == 2007 else (0xC010, 0xC011)
         got = []
         for di in dis:
-            res, f = await self._read(link, di, self._request(di))
+            res, f = await self._read(link, di)
             if res != lk.OK:
                 return None, lk.result_name(res)
             if f.abnormal:

@@ -106,6 +106,13 @@ class Runtime:
         self.tz_offset_s = clock.get("tz_offset_s", TZ_OFFSET_S)
         self.writer = jsonout.Writer()
         self.meters = self._build_meters(cfg)
+        # the parsed meter list is the largest part of a config (about 1 KB a meter on
+        # an ESP32): the meters are built, let it go (config_get reads the file)
+        cfg = dict(cfg)
+        cfg.pop("meters", None)
+        self.cfg = cfg
+        if getattr(hal, "config", None) is not None:
+            hal.config = cfg
         link_cfg = _section(cfg, "link")
         self.link = lk.Link(hal.uart(), hal.ticks_ms, hal.sleep_ms, echo=bool(link_cfg.get("echo", False)))
         sp = _section(cfg, "spool")
@@ -674,7 +681,11 @@ class Runtime:
                 return [redact(x) for x in v]
             return v
 
-        return {"source": self.config_source, "config": redact(self.cfg)}
+        try:
+            running = json.loads(self._read(self.config_source))
+        except Exception:  # noqa: BLE001 - defaults (no file), or the file changed under us
+            running = self.cfg
+        return {"source": self.config_source, "config": redact(running)}
 
     def config_put(self, new):
         """Validate, store atomically with the old config kept, reboot into it on
