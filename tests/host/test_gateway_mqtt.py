@@ -8,12 +8,13 @@ import time
 
 import pytest
 
-from metergate import contract
 from metergate.bench.broker import Broker, MqttProbe
 from metergate.sim import DEMO_SITE
 from metergate.sim.control import SimControl
 from metergate.sim.site import load_site
 from metergate.vboard.gateway import Bench, site_config
+
+from received import Received
 
 DEVICE = "gw-e2e"
 BASE = "metergate/v1/" + DEVICE
@@ -25,42 +26,6 @@ def _config(broker_url):
     cfg["meters"] = [m for m in cfg["meters"] if m["id"] in ("m1", "m6")]
     return site_config(site, device_id=DEVICE, health_interval_s=3, mqtt={"url": broker_url, "keepalive_s": 10},
                        meters=cfg["meters"])
-
-
-class Collector:
-    """Everything the subscriber got, decoded and checked against the contract."""
-
-    def __init__(self, probe):
-        self.probe = probe
-        self.readings = {}  # seq -> message
-        self.dupes = 0
-        self.other = []
-
-    def drain(self, seconds):
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            try:
-                msg = self.probe.get(timeout=0.2)
-            except Exception:  # noqa: BLE001 - queue.Empty / TimeoutError: nothing yet
-                continue
-            device, kind, name = contract.kind_of_topic(msg.topic)
-            if kind == "config_error" and msg.payload == b"":
-                continue
-            body = contract.validate(kind, msg.payload)
-            if kind == "reading":
-                if body["seq"] in self.readings:
-                    self.dupes += 1
-                self.readings[body["seq"]] = body
-            else:
-                self.other.append((kind, name, body, msg.retain))
-
-    def wait_for(self, predicate, timeout):
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            self.drain(0.3)
-            if predicate():
-                return True
-        return False
 
 
 def console_seqs(bench):
@@ -82,7 +47,7 @@ def broker(tmp_path):
 def test_readings_health_status_and_commands_reach_the_broker(tmp_path, broker):
     probe = MqttProbe(broker.url, client_id="backoffice-test", clean_session=False).connect()
     probe.subscribe(BASE + "/#", qos=1)
-    col = Collector(probe)
+    col = Received(probe)
     with Bench(DEMO_SITE, _config(broker.url), workdir=tmp_path / "bench") as bench:
         assert col.wait_for(lambda: len(col.readings) >= 4, 30), bench.board.tail()
         kinds = {k for k, _, _, _ in col.other}
@@ -113,7 +78,7 @@ def test_readings_health_status_and_commands_reach_the_broker(tmp_path, broker):
 def test_nothing_is_lost_across_a_broker_outage_and_a_power_cut(tmp_path, broker):
     probe = MqttProbe(broker.url, client_id="backoffice-test", clean_session=False).connect()
     probe.subscribe(BASE + "/reading", qos=1)
-    col = Collector(probe)
+    col = Received(probe)
     seen_on_console = []
     bench = Bench(DEMO_SITE, _config(broker.url), workdir=tmp_path / "bench").start()
     try:
@@ -181,7 +146,7 @@ def test_gateway_over_tls_with_its_client_certificate(tmp_path, pki):
         cfg["mqtt"].update({"ca": "ca.crt", "cert": "client.crt", "key": "client.key"})
         probe = MqttProbe(broker.url).connect()
         probe.subscribe(BASE + "/#", qos=1)
-        col = Collector(probe)
+        col = Received(probe)
         with Bench(DEMO_SITE, cfg, workdir=tmp_path / "bench") as bench:
             assert col.wait_for(lambda: len(col.readings) >= 2, 40), bench.board.tail()
             assert any(k == "status" and b["state"] == "online" for k, _, b, _ in col.other)
@@ -193,7 +158,7 @@ def test_config_put_over_mqtt_is_confirmed_or_rolled_back(tmp_path, broker):
 
     probe = MqttProbe(broker.url, client_id="backoffice-test").connect()
     probe.subscribe(BASE + "/#", qos=1)
-    col = Collector(probe)
+    col = Received(probe)
     cfg = _config(broker.url)
     with Bench(DEMO_SITE, cfg, workdir=tmp_path / "bench") as bench:
         flash = bench.flash

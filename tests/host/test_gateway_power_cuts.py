@@ -13,12 +13,11 @@ with ts, and printed readings that never arrive are at most one per kill
 
 import json
 import random
-import time
 
-from metergate import contract
 from metergate.bench.broker import Broker, MqttProbe
 from metergate.vboard.gateway import Bench, site_config
 
+from received import Received
 from sites import write_site
 
 DEVICE = "gw-cuts"
@@ -27,37 +26,6 @@ KILLS = 30
 SEED = 0x4C0A
 OUTAGE = range(10, 18)  # kills made while the broker is down (the backlog grows)
 SLOW_REPLAY = 4  # readings a second replayed, so the backlog lasts over several kills
-
-
-class Received:
-    """Every reading the subscriber got: seq -> the distinct payloads seen."""
-
-    def __init__(self, probe):
-        self.probe = probe
-        self.by_seq = {}
-        self.messages = 0
-
-    def drain(self, seconds):
-        end = time.monotonic() + seconds
-        while True:
-            left = end - time.monotonic()
-            if left <= 0:
-                return
-            try:
-                msg = self.probe.get(timeout=min(0.2, left))
-            except TimeoutError:
-                continue
-            body = contract.validate("reading", msg.payload)  # raises on a contract violation
-            self.messages += 1
-            self.by_seq.setdefault(body["seq"], {})[bytes(msg.payload)] = body
-
-    def wait_for(self, predicate, timeout):
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            self.drain(0.3)
-            if predicate():
-                return True
-        return False
 
 
 def _probe(url):
