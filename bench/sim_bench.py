@@ -57,7 +57,7 @@ def model_cost():
 
 
 def end_to_end():
-    port, control = free_tcp_port(), free_tcp_port()
+    port = free_tcp_port()
     metergate = os.path.join(os.path.dirname(sys.executable), "metergate")
     argv = [metergate, "sim", "serve", "demo", "--listen", "tcp://%s:%d" % (LOOPBACK, port)]
     delay = load_site(DEMO_SITE).meter("m1").response_delay_ms / 1000

@@ -246,7 +246,6 @@ class Runtime:
         return best
 
     async def bus_task(self):
-        hal = self.hal
         while not self.stopping:
             self.bus_beat = ticks_ms()
             if self.jobs:

@@ -2,7 +2,6 @@
 meters' readings, names the miswired meter (m2), exits 0 and leaves no
 process behind, both after --duration and after Ctrl-C (SIGINT)."""
 
-import os
 import pathlib
 import signal
 import subprocess

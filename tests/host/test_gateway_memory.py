@@ -17,7 +17,6 @@ GroupOut/ItemOut constant bytes), the module code. The scenario is therefore a
 strict xfail: when the firmware fits, it fails as XPASS and the mark goes.
 """
 
-import pathlib
 import time
 
 import pytest
