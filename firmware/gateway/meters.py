@@ -1,6 +1,6 @@
 # The meters side of polling: for each protocol, what to send for an item and
 # how to turn the reply into a value. The RS-485 transaction itself is
-# gateway/link.py; the schedule is gateway/poller.py. Pure: no I/O here.
+# gateway/link.py; the schedule is gateway/runtime.py. Pure: no I/O here.
 #
 # Items are named the same for every protocol so consumers need not care
 # which one a meter speaks (ITEM_ALIASES); a raw DL/T 645 DI ("02010100",

@@ -332,7 +332,7 @@ def board_config_json(bench):
 
 
 class GatewayConsole:
-    """The gateway's READING / HEALTH console lines (firmware/gateway/poller.py).
+    """The gateway's READING / HEALTH console lines (docs/gateway-config.md "What the gateway prints").
 
     ``poll()`` -> new (kind, dict) pairs; ``wait_for(until, timeout)`` collects
     {meter: [READING, ...]} and [HEALTH, ...] until ``until(readings, health)``
