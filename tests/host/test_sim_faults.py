@@ -11,13 +11,10 @@ time: `Rig.now` is the meters' wall clock, `Rig.t` the bus timeline.
 import cmath
 import itertools
 import math
-import struct
 
 import pytest
 
-from metergate.sim.bus import Bus
-from metergate.sim.meters import build_meters
-from metergate.sim.site import LineSettings, SiteState, load_site_text
+from by_hand import BusRig, READ_ADDRESS, bcd, frame, mb_req, mb_valid, parse, read_req, site_toml, wire_addr
 
 T0 = 1_700_000_000.0
 UN = 220.0
@@ -25,85 +22,12 @@ PF = 0.9
 PHI = math.degrees(math.acos(PF))  # load angle, lagging
 GATE = 0.05  # max(0.05 A, 1 % of Ib) with Ib = 5 or 10 A
 
-# ---------------------------------------------------------------------------
-# DL/T 645 and Modbus RTU by hand (PROTOCOLS.md)
-
-
-def wire_addr(addr):
-    return bytes.fromhex(addr.rjust(12, "0"))[::-1]
-
-
-def frame(addr_wire, control, data=b"", preamble=4):
-    body = b"\x68" + addr_wire + b"\x68" + bytes([control, len(data)]) + bytes((x + 0x33) & 0xFF for x in data)
-    return b"\xfe" * preamble + body + bytes([sum(body) & 0xFF, 0x16])
-
-
-def read_req(addr, di):
-    return frame(wire_addr(addr), 0x11, di.to_bytes(4, "little"))
-
-
-READ_ADDRESS = frame(b"\xaa" * 6, 0x13)
-
-
-def parse(buf):
-    """(address, control, data - 0x33) of the first well-formed frame in buf, else None."""
-    for i in range(len(buf)):
-        f = buf[i:]
-        if len(f) >= 12 and f[0] == 0x68 and f[7] == 0x68 and len(f) >= 12 + f[9]:
-            f = f[:12 + f[9]]
-            if f[-1] == 0x16 and sum(f[:-2]) & 0xFF == f[-2]:
-                return f[1:7], f[8], bytes((x - 0x33) & 0xFF for x in f[10:-2])
-    return None
-
-
-def bcd(data, decimals=0, signed=False):
-    b = bytearray(data)
-    neg = signed and bool(b[-1] & 0x80)
-    if signed:
-        b[-1] &= 0x7F
-    digits = bytes(reversed(b)).hex()
-    assert digits.isdigit(), data.hex(" ")
-    v = int(digits) / 10 ** decimals
-    return -v if neg else v
-
-
 FMT = {0x0201: (1, False), 0x0202: (3, True), 0x0203: (4, True), 0x0204: (4, True), 0x0206: (3, True),
        0x0000: (2, True), 0x0001: (2, False), 0x0002: (2, False), 0x0280: (3, False)}
 
 
-def crc16(data):
-    crc = 0xFFFF
-    for b in data:
-        crc ^= b
-        for _ in range(8):
-            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
-    return crc
-
-
-def mb_req(unit, fn, reg, count):
-    body = struct.pack(">BBHH", unit, fn, reg, count)
-    return body + struct.pack("<H", crc16(body))
-
-
-def mb_valid(reply):
-    return len(reply) >= 5 and struct.unpack("<H", reply[-2:])[0] == crc16(reply[:-2])
-
-
 # ---------------------------------------------------------------------------
 # Sites and the bus
-
-
-def site_toml(meters, customers=(), faults="", bus=(2400, "E"), work_order="", positions=8):
-    """meters: (id, toml); customers: (id, toml, position) each on its own breaker QFn."""
-    parts = ['[site]\nname = "t"\n', '[[buses]]\nname = "b"\nbaud = %d\nparity = "%s"\n' % bus,
-             '[[boxes]]\nid = "X"\npositions = %d\n' % positions]
-    for n, (mid, more) in enumerate(meters, 1):
-        parts.append('[[meters]]\nid = "%s"\nposition = %d\n%s\n' % (mid, n, more))
-    for n, (cid, more, pos) in enumerate(customers, 1):
-        parts.append('[[customers]]\nid = "%s"\n%s\n' % (cid, more))
-        parts.append('[[breakers]]\nid = "QF%d"\nposition = %d\ncustomer = "%s"\n' % (n, pos, cid))
-    parts += [work_order, faults]
-    return "\n".join(parts)
 
 
 def dlt(address, kind="single-phase", more=""):
@@ -114,40 +38,9 @@ def addr(n):
     return "%012d" % n
 
 
-class Rig:
+class Rig(BusRig):
     def __init__(self, text, seed=1, now=T0):
-        self.site = load_site_text(text, "t.toml")
-        self.state = SiteState(self.site)
-        self.now = now
-        self.models = build_meters(self.site, self.state, "b", clock=lambda: self.now)
-        self.bus = Bus(self.site, self.state, self.models, seed=seed, wall=lambda: self.now)
-        self.t = 0.0
-        self.bus.advance(0.0)
-
-    def line(self, baud, parity="E", invert=False):
-        self.bus.set_gateway_line(LineSettings(baud, parity), invert=invert, t=self.t)
-
-    def transact(self, request):
-        self.bus.write(request, self.t)
-        got = self.bus.run_until_idle(self.t)
-        self.t = (got[-1][0] if got else self.t) + 1.0
-        return b"".join(d for _, d in got)
-
-    def advance(self, seconds):
-        self.now += seconds
-        self.t += 1.0
-
-    def _settle(self):  # what the control interface does before a switch
-        for m in self.models:
-            m.settle(self.now)
-
-    def fault(self, fid, on):
-        self._settle()
-        self.state.set_fault(fid, on)
-
-    def breaker(self, bid, closed):
-        self._settle()
-        self.state.set_breaker(bid, closed)
+        BusRig.__init__(self, text, "b", seed, now)
 
     def read(self, address, di):
         """Item data of a 0x91 reply (DI checked), or None for anything else."""
@@ -287,7 +180,7 @@ def test_wrong_line_settings_dlt645_found_by_the_search(actual):
 
 def test_wrong_line_settings_modbus_parity_found_by_the_search():
     text = site_toml([("mb", 'protocol = "modbus"\nmodel = "sdm120"\nunit_id = 1\n')], [("c1", LOAD, 1)],
-                     bus=(2400, "N"), faults='[[faults]]\ntype = "wrong_line_settings"\nmeter = "mb"\nparity = "E"\n')
+                     buses=(("b", 2400, "N"),), faults='[[faults]]\ntype = "wrong_line_settings"\nmeter = "mb"\nparity = "E"\n')
     rig = Rig(text)
     assert not mb_valid(rig.transact(mb_req(1, 4, 0, 2)))
     found = None
@@ -353,7 +246,7 @@ def test_duplicate_address_replies_collide():
 
 def test_duplicate_modbus_ids_collide():
     mb = 'protocol = "modbus"\nmodel = "sdm120"\nunit_id = 1\n'
-    text = site_toml([("a", mb), ("b", mb)], [("c1", LOAD, 1), ("c2", "kw = 0.7", 2)], bus=(2400, "N"),
+    text = site_toml([("a", mb), ("b", mb)], [("c1", LOAD, 1), ("c2", "kw = 0.7", 2)], buses=(("b", 2400, "N"),),
                      faults='[[faults]]\ntype = "duplicate_address"\nmeters = ["a", "b"]\n')
     rig = Rig(text)
     data = rig.transact(mb_req(1, 4, 0x0006, 2))  # the currents differ: the replies differ

@@ -16,64 +16,13 @@ import struct
 import pytest
 
 from metergate.sim import electrical
-from metergate.sim.bus import Bus
-from metergate.sim.meters import build_meters
-from metergate.sim.site import LineSettings, SiteState, load_site_text
+
+from by_hand import (BusRig, bcd, frame, mb_check, mb_req, parse, read_req, read_req_1997, site_toml,
+                     to_bcd, wire_addr)
 
 T0 = 1_700_000_000.0  # 2023-11-14 22:13:20 UTC: a whole second, so clock reads are exact
 PF = 0.9
 PHI = math.degrees(math.acos(PF))
-
-
-# ---------------------------------------------------------------------------
-# DL/T 645 by hand (PROTOCOLS.md "DL/T 645-2007 framing")
-
-
-def wire_addr(addr: str) -> bytes:
-    """12 digits -> 6 bytes low byte first: 202107072529 -> 29 25 07 07 21 20."""
-    return bytes.fromhex(addr.rjust(12, "0"))[::-1]
-
-
-def frame(addr_wire: bytes, control: int, data: bytes = b"", preamble: int = 4) -> bytes:
-    body = b"\x68" + addr_wire + b"\x68" + bytes([control, len(data)]) + bytes((x + 0x33) & 0xFF for x in data)
-    return b"\xfe" * preamble + body + bytes([sum(body) & 0xFF, 0x16])
-
-
-def read_req(addr: str, di: int) -> bytes:
-    return frame(wire_addr(addr), 0x11, di.to_bytes(4, "little"))
-
-
-def read_req_1997(addr: str, di: int) -> bytes:
-    return frame(wire_addr(addr), 0x01, di.to_bytes(2, "little"))
-
-
-
-def parse(buf: bytes):
-    """(address, control, data - 0x33) of the first well-formed frame in buf (FE and
-    junk before it skipped), else None."""
-    for i in range(len(buf)):
-        f = buf[i:]
-        if len(f) >= 12 and f[0] == 0x68 and f[7] == 0x68 and len(f) >= 12 + f[9]:
-            f = f[:12 + f[9]]
-            if f[-1] == 0x16 and sum(f[:-2]) & 0xFF == f[-2]:
-                return f[1:7], f[8], bytes((x - 0x33) & 0xFF for x in f[10:-2])
-    return None
-
-
-def bcd(data: bytes, decimals: int = 0, signed: bool = False) -> float:
-    """BCD low byte first; signed: the top bit of the most significant byte is the sign."""
-    b = bytearray(data)
-    neg = signed and bool(b[-1] & 0x80)
-    if signed:
-        b[-1] &= 0x7F
-    digits = bytes(reversed(b)).hex()
-    assert digits.isdigit(), "not BCD: %s" % data.hex(" ")
-    value = int(digits) / 10 ** decimals
-    return -value if neg else value
-
-
-def to_bcd(value: int, size: int) -> bytes:
-    return bytes.fromhex("%0*d" % (2 * size, value))[::-1]
 
 
 # PROTOCOLS.md DI table: DI3 DI2 -> (bytes, decimals, signed). Reactive power is read as
@@ -98,88 +47,21 @@ class ErrReply(Exception):
         self.control, self.err = control, err
 
 
-# ---------------------------------------------------------------------------
-# Modbus RTU by hand
-
-
-def crc16(data: bytes) -> int:
-    """CRC-16/MODBUS: init FFFF, reflected polynomial A001."""
-    crc = 0xFFFF
-    for b in data:
-        crc ^= b
-        for _ in range(8):
-            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
-    return crc
-
-
-def mb_req(unit: int, fn: int, reg: int, count: int) -> bytes:
-    body = struct.pack(">BBHH", unit, fn, reg, count)
-    return body + struct.pack("<H", crc16(body))
-
-
-def mb_check(reply: bytes) -> bytes:
-    """The reply without its CRC, after checking the CRC (low byte first)."""
-    assert len(reply) >= 5, reply.hex(" ")
-    assert struct.unpack("<H", reply[-2:])[0] == crc16(reply[:-2]), reply.hex(" ")
-    return reply[:-2]
-
-
-# ---------------------------------------------------------------------------
-# Sites and the bus in virtual time
-
-
-def site_toml(meters, customers=(), faults="", buses=(("b", 2400, "E"),), positions=8):
-    """meters: (id, toml lines) each at the next position; customers: (id, toml, position):
-    customer on a breaker at that position."""
-    parts = ['[site]\nname = "t"\n']
-    for name, baud, parity in buses:
-        parts.append('[[buses]]\nname = "%s"\nbaud = %d\nparity = "%s"\n' % (name, baud, parity))
-    parts.append('[[boxes]]\nid = "X"\npositions = %d\n' % positions)
-    for n, (mid, more) in enumerate(meters, 1):
-        parts.append('[[meters]]\nid = "%s"\nposition = %d\n%s\n' % (mid, n, more))
-    for n, (cid, more, pos) in enumerate(customers, 1):
-        parts.append('[[customers]]\nid = "%s"\n%s\n' % (cid, more))
-        parts.append('[[breakers]]\nid = "QF%d"\nposition = %d\ncustomer = "%s"\n' % (n, pos, cid))
-    parts.append(faults)
-    return "\n".join(parts)
-
-
 def dlt(kind="single-phase", address="202107072529", more=""):
     return 'protocol = "dlt645-2007"\nkind = "%s"\naddress = "%s"\n%s' % (kind, address, more)
 
 
-class Rig:
+class Rig(BusRig):
     """One bus of a site: gateway side in virtual time."""
 
     def __init__(self, text, bus=None, seed=1, now=T0):
-        self.site = load_site_text(text, "t.toml")
-        self.state = SiteState(self.site)
-        self.now = now
-        self.models = build_meters(self.site, self.state, bus or self.site.buses[0].name, clock=lambda: self.now)
-        self.bus = Bus(self.site, self.state, self.models, seed=seed, wall=lambda: self.now)
-        self.t = 0.0
-        self.bus.advance(self.t)
+        BusRig.__init__(self, text, bus, seed, now)
 
     def model(self, mid):
         return next(m for m in self.models if m.meter.id == mid)
 
     def truth(self, mid):
         return electrical.measure(self.site, self.state, mid, self.now)
-
-    def line(self, baud, parity="E", invert=False):
-        self.bus.set_gateway_line(LineSettings(baud, parity), invert=invert, t=self.t)
-
-    def transact(self, request: bytes) -> bytes:
-        self.bus.write(request, self.t)
-        got = self.bus.run_until_idle(self.t)
-        data = b"".join(d for _, d in got)
-        self.t = (got[-1][0] if got else self.t) + 1.0  # > any request + Td: the bus is idle again
-        return data
-
-    def advance(self, seconds):
-        """Wall time passes (the meters integrate energy over it)."""
-        self.now += seconds
-        self.t += 1.0
 
     # DL/T 645-2007 read: item data after the DI, or ErrReply
     def read(self, addr, di):

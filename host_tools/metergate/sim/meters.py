@@ -87,7 +87,8 @@ class MeterModel:
     """What every model shares: identity, link, energy integration, clock.
 
     The Bus reads ``meter``, ``link``, ``response_delay_s`` and calls
-    ``powered(now)`` and ``handle(request, now) -> bytes | None``.
+    ``powered(now)`` and ``handle(request, now) -> bytes | None``, which each
+    protocol's model defines (the DL/T 645 ones through ``answer`` and ``value``).
     """
 
     def __init__(self, meter, site, state, clock=time.time):
@@ -111,9 +112,6 @@ class MeterModel:
 
     def powered(self, now: float) -> bool:
         return self.measurement(now).powered
-
-    def handle(self, request: bytes, now: float) -> bytes | None:  # pragma: no cover - overridden
-        raise NotImplementedError
 
     # -- electrical state and energy ---------------------------------------
     def measurement(self, now: float | None = None) -> Measurement:
@@ -205,9 +203,6 @@ class _Dlt645Base(MeterModel):
             self.last_reply = reply
         return reply
 
-    def answer(self, frame, addr, fn, now):  # pragma: no cover - overridden
-        raise NotImplementedError
-
     def _error(self, fn, err):
         return self.codec.build_error_reply(self.own, fn, err, preamble=self.preamble)
 
@@ -241,9 +236,6 @@ class _Dlt645Base(MeterModel):
             fit = lambda v: _fit(v, info["bytes"], info["decimals"], info["signed"])  # noqa: E731
             value = tuple(fit(v) for v in value) if block else fit(value)
         return bytes(dlt645_items.encode_item(di, value, self.version))
-
-    def value(self, di, m, now):  # pragma: no cover - overridden
-        raise NotImplementedError
 
     def _phase_values(self, sel, per_slot, total=None):
         """Value(s) of a per-phase item. sel: 1..3 a slot, 0 the total (when there is one), FF the block."""
