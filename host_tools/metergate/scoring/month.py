@@ -223,7 +223,9 @@ def score_month(ds, rules, month, collection_records=None, collection_source="co
     for s in order_scores:
         p = pm(s.order.person)
         p.orders += 1
-        p.late_deduction += s.late_deduction
+        if s.status == "completed":
+            # An open order's lateness is provisional: shown on the order, not paid yet.
+            p.late_deduction += s.late_deduction
         p.quality_failures += (s.spot.passed is False) + (s.collection.passed is False)
     for c, applied, _ in complaints:
         pm(c.person).complaints += applied
