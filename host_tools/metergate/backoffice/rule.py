@@ -1,0 +1,64 @@
+"""When a meter's day counts as collected (DOMAIN.md "Success rate definitions").
+
+Default: the day has a valid energy reading: an `energy_forward` value of
+quality `good`, its time `t` falling on that calendar day in the utility's
+time zone. Items, qualities and the zone are configurable; the ingest applies
+the rule when it stores a reading (table collected_days, source 'mqtt'), and
+`metergate backoffice recompute` re-applies a changed rule to the stored raw
+readings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import os
+import zoneinfo
+
+DEFAULT_TZ = "Asia/Shanghai"
+
+
+@dataclasses.dataclass(frozen=True)
+class CollectionRule:
+    items: tuple = ("energy_forward",)
+    qualities: tuple = ("good",)
+    tz: str = dataclasses.field(default_factory=lambda: os.environ.get("METERGATE_TZ", DEFAULT_TZ))
+    # work orders: how many full collection days after the closing day are measured
+    window_days: int = 1
+
+    def __post_init__(self):
+        try:
+            zoneinfo.ZoneInfo(self.tz)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError("unknown time zone %r (an IANA name such as Asia/Shanghai): %s" % (self.tz, exc)) from None
+        if not self.items:
+            raise ValueError("a collection rule needs at least one item")
+        if self.window_days < 1:
+            raise ValueError("window_days must be at least 1, not %r" % self.window_days)
+
+    @property
+    def zone(self):
+        return zoneinfo.ZoneInfo(self.tz)
+
+    def day_of(self, unix_s: int) -> datetime.date:
+        return datetime.datetime.fromtimestamp(unix_s, self.zone).date()
+
+    def today(self) -> datetime.date:
+        return datetime.datetime.now(self.zone).date()
+
+    def day_start(self, day: datetime.date) -> int:
+        return int(datetime.datetime.combine(day, datetime.time(), self.zone).timestamp())
+
+    def collected(self, reading: dict):
+        """{day: evidence} for the days this (contract-valid) reading proves collected."""
+        out = {}
+        values = reading.get("values") or {}
+        for item in self.items:
+            value = values.get(item)
+            if isinstance(value, dict) and value.get("q") in self.qualities and "v" in value:
+                day = self.day_of(value["t"]).isoformat()
+                out.setdefault(day, "seq %d %s=%s t=%d" % (reading["seq"], item, value["v"], value["t"]))
+        return out
+
+    def describe(self):
+        return "items %s with quality %s, day in %s" % ("/".join(self.items), "/".join(self.qualities), self.tz)
