@@ -49,9 +49,10 @@ def run():
           "(%.2f x the %d KB target; none if frozen into flash)"
           % (kb(d["code"]), kb(d["mqtt_code"]), kb(code), code / TARGET, TARGET // 1024))
     print("   after start-up, the runtime's objects: %.1f KB (%.2f x target) = %.1f KB fixed (spool, link, writer "
-          "buffers) + %.2f KB a meter (Meter object %.2f KB, its prebuilt reading pieces %.2f KB)"
-          % (kb(data_startup), data_startup / TARGET, kb(d["runtime_static_1"] - per_meter), kb(per_meter),
-             kb(d["meter_obj"]), kb(d["group_out"])))
+          "buffers, the meters' shared Profile %.2f KB) + %.2f KB a meter (Meter object %.2f KB, its prebuilt "
+          "reading pieces %.2f KB)"
+          % (kb(data_startup), data_startup / TARGET, kb(d["runtime_static_1"] - per_meter),
+             kb(d["meter_profile"]), kb(per_meter), kb(d["meter_obj"]), kb(d["group_out"])))
     print("   during polling, live high-water (collected at every UART wait, one round): %.1f KB of data "
           "(%.2f x target); %.1f KB with the code (%.2f x)"
           % (kb(data_live_hw), data_live_hw / TARGET, kb(data_live_hw + code), (data_live_hw + code) / TARGET))

@@ -88,23 +88,26 @@ gc.collect()
 runtime_static_1 = gc.mem_alloc() - r0
 rt1.spool.close()
 del rt1
-# what one meter costs: its Meter object and its prebuilt reading pieces
+# what one meter costs: the first of a kind (its Meter object and the Profile that meters
+# configured alike share), each further one, and its prebuilt reading pieces
 from gateway import jsonout, meters as mt  # noqa: E402
 
 gc.collect()
 r0 = gc.mem_alloc()
 mobj = mt.build(cfg["meters"][1], {"poll_interval_s": 10})
 gc.collect()
-meter_obj = gc.mem_alloc() - r0
-units = {}
-for name in mobj.entries:
-    units[name] = mobj.entries[name][2]
+r1 = gc.mem_alloc()
+mobj2 = mt.build(cfg["meters"][2], {"poll_interval_s": 10})
+gc.collect()
+meter_obj = gc.mem_alloc() - r1
+meter_profile = r1 - r0 - meter_obj
+mt.forget_profiles()
 gc.collect()
 r0 = gc.mem_alloc()
-gout = jsonout.GroupOut("gw-test", mobj.id, "main", mobj.groups[0][1], units)
+gout = jsonout.GroupOut("gw-test", mobj.id, "main", mobj.groups[0][1], mobj.item_units)
 gc.collect()
 group_out = gc.mem_alloc() - r0
-del mobj, gout, units
+del mobj, mobj2, gout
 
 gc.collect()
 r0 = gc.mem_alloc()
@@ -249,5 +252,6 @@ out["fakes_static"] = fakes_static
 out["runtime_static"] = runtime_static
 out["runtime_static_1"] = runtime_static_1
 out["meter_obj"] = meter_obj
+out["meter_profile"] = meter_profile
 out["group_out"] = group_out
 print(" ".join("%s %d" % (k, out[k]) for k in out))

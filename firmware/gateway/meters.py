@@ -55,12 +55,23 @@ DEFAULT_INTERVAL_S = 10
 _LIMITS = {"V": (0, 600), "A": (-10000, 10000), "kW": (-100000, 100000), "kvar": (-100000, 100000),
            "Hz": (40, 70), "": (-1.0, 1.0), "kWh": (-1000000, 1000000)}
 _MONOTONIC = ("energy_forward", "energy_reverse", "00010000", "00020000", "9010", "9020")
-_ROLLOVER_KWH = 999999.99
+_ROLLOVER = 99999999  # hundredths of a kWh: 999999.99, where an 8-digit register wraps
+
+
+def hundredths(v):
+    """A cumulative value in hundredths as an int: kept per meter without a float or
+    Num object (a small int costs no heap) and compared exactly on every port."""
+    if isinstance(v, Num):
+        d = v.decimals
+        return v.mag * 10 ** (2 - d) if d <= 2 else v.mag // 10 ** (d - 2)
+    v = float(v)
+    return int(v * 100 + (0.5 if v >= 0 else -0.5))
 
 
 def quality(name, unit, value, previous=None):
     """"good" or "implausible" for a value read without a link error.
-    previous: the last good value of a cumulative register, or None."""
+    previous: the last good value of a cumulative register in hundredths
+    (hundredths()), or None."""
     v = float(value)
     lim = _LIMITS.get(unit)
     if lim is not None and not lim[0] <= v <= lim[1]:
@@ -69,9 +80,9 @@ def quality(name, unit, value, previous=None):
         if v < 0:
             return "implausible"
         if previous is not None:
-            p = float(previous)
+            h = hundredths(value)
             # a register going back is a fault, unless it rolled over at 999999.99
-            if v + 0.005 < p and not (p > _ROLLOVER_KWH - 1000 and v < 1000):
+            if h < previous and not (previous > _ROLLOVER - 100000 and h < 100000):
                 return "implausible"
     return "good"
 
@@ -116,51 +127,92 @@ def _int_opt(cfg, key, default, lo, hi, mid):
     return v
 
 
+class Profile:
+    """What meters configured alike share: line settings, timeouts, poll groups,
+    the read plan and the units. Thirty-two identical meters on a bus hold one
+    Profile, not 32 copies (about 1 KB a meter of heap on the unix port).
+    Built by the meter classes; read-only once built."""
+
+
+_PROFILES = {}  # key -> Profile while a config is being built (forget_profiles())
+
+
+def forget_profiles():
+    """Let go of the build-time index (the meters keep their profiles)."""
+    _PROFILES.clear()
+
+
+def _shared(name):
+    return property(lambda self: getattr(self.profile, name))
+
+
 class Meter:
-    """One configured meter: its line settings, timeouts, counters and items.
+    """One configured meter: its address, counters and state; what it shares
+    with meters configured alike is in self.profile (a Profile) and reads
+    through the properties below.
 
     poll(link) -> (values, errors): values {name: (value, unit)}, errors
     {name: reason}. A failed read is an error, never a zero."""
 
+    # per-meter state that most meters never change: class defaults until they do
+    last_error = None
+    seq = 0
+    previous = None  # cumulative item -> last good value (plausibility); a dict once there is one
+    clock_drift_s = None  # meter clock - true time, from the last clock check
+    clock_error = None
+
+    protocol = _shared("protocol")
+    items = _shared("items")
+    groups = _shared("groups")
+    timeout_ms = _shared("timeout_ms")
+    byte_timeout_ms = _shared("byte_timeout_ms")
+    retries = _shared("retries")
+    line = _shared("line")
+    collector = _shared("collector")
+    exporting = _shared("exporting")
+    plans = _shared("plans")
+    item_units = _shared("units")
+
     def __init__(self, cfg, defaults=None):
-        defaults = defaults or {}
         if not isinstance(cfg, dict):
             raise ConfigError("a meter entry must be an object, got %r" % (cfg,))
         mid = cfg.get("id")
         if not isinstance(mid, str) or not mid:
             raise ConfigError("meter without a string 'id': %r" % (cfg,))
         self.id = mid
-        self.protocol = cfg.get("protocol")
-        if self.protocol not in PROTOCOLS:
-            raise ConfigError("%s: protocol must be one of %s, got %r" % (mid, ", ".join(PROTOCOLS), self.protocol))
+        if cfg.get("protocol") not in PROTOCOLS:
+            raise ConfigError("%s: protocol must be one of %s, got %r" % (mid, ", ".join(PROTOCOLS),
+                                                                           cfg.get("protocol")))
+        self.counters = lk.Counters()
+        self.latency = lk.Latency()
+
+    def _common(self, cfg, defaults, line, extra):
+        """The settings every protocol has, as a tuple (the profile key) ending in
+        line and extra (the protocol's own)."""
+        defaults = defaults or {}
+        mid = self.id
+        protocol = cfg.get("protocol")
         items = cfg.get("items", DEFAULT_ITEMS)
         if not isinstance(items, (list, tuple)) or not items:
             raise ConfigError("%s: items must be a non-empty list" % mid)
         for it in items:
             if not isinstance(it, str):
                 raise ConfigError("%s: item %r is not a string" % (mid, it))
-        self.items = tuple(items)
+        items = tuple(items)
         base = COLLECTOR_TIMEOUT_MS if cfg.get("collector") else defaults.get(
             "response_timeout_ms", lk.RESPONSE_TIMEOUT_MS)
-        self.timeout_ms = _int_opt(cfg, "response_timeout_ms", base, 20, lk.MAX_TIMEOUT_MS, mid)
-        self.byte_timeout_ms = _int_opt(cfg, "byte_timeout_ms", defaults.get("byte_timeout_ms", lk.BYTE_TIMEOUT_MS),
-                                        5, 1000, mid)
-        self.retries = _int_opt(cfg, "retries", defaults.get("retries", 1), 0, 5, mid)
-        self.counters = lk.Counters()
-        self.latency = lk.Latency()
-        self.last_error = None
-        self.seq = 0
-        self.previous = {}  # cumulative item -> last good value (plausibility)
-        self.clock_drift_s = None  # meter clock - true time, from the last clock check
-        self.clock_error = None
+        timeout_ms = _int_opt(cfg, "response_timeout_ms", base, 20, lk.MAX_TIMEOUT_MS, mid)
+        byte_timeout_ms = _int_opt(cfg, "byte_timeout_ms", defaults.get("byte_timeout_ms", lk.BYTE_TIMEOUT_MS),
+                                   5, 1000, mid)
+        retries = _int_opt(cfg, "retries", defaults.get("retries", 1), 0, 5, mid)
         col = cfg.get("collector")
-        self.collector = col if isinstance(col, str) else ("collector" if col is True else None)
-        self.exporting = bool(cfg.get("exporting", False))
+        collector = col if isinstance(col, str) else ("collector" if col is True else None)
+        exporting = bool(cfg.get("exporting", False))
         interval = defaults.get("poll_interval_s", DEFAULT_INTERVAL_S)
         groups = cfg.get("groups")
-        self.groups = []
+        out = []
         if groups is None:
-            self.groups.append(("main", self.items, int(interval * 1000)))
+            out.append(("main", items, int(interval * 1000)))
         else:
             if not isinstance(groups, (list, tuple)) or not groups:
                 raise ConfigError("%s: groups must be a non-empty list" % mid)
@@ -180,8 +232,22 @@ class Meter:
                 iv = g.get("interval_s", interval)
                 if isinstance(iv, bool) or not isinstance(iv, (int, float)) or not 0.1 <= iv <= 86400:
                     raise ConfigError("%s: groups[%d].interval_s must be 0.1..86400" % (mid, k))
-                self.groups.append((g.get("name") or "g%d" % k, tuple(its), int(iv * 1000)))
-            self.items = tuple(names)
+                out.append((g.get("name") or "g%d" % k, tuple(its), int(iv * 1000)))
+            items = tuple(names)
+        return (protocol, items, tuple(out), timeout_ms, byte_timeout_ms, retries, collector, exporting,
+                line) + extra
+
+    def _profile(self, key, plan):
+        """The Profile for key (shared with meters built before it), plan(p) filling in
+        what only a new one needs."""
+        p = _PROFILES.get(key)
+        if p is None:
+            p = Profile()
+            (p.protocol, p.items, p.groups, p.timeout_ms, p.byte_timeout_ms, p.retries, p.collector,
+             p.exporting, p.line) = key[:9]
+            plan(p, key[9:])
+            _PROFILES[key] = p
+        self.profile = p
 
     def judge(self, values):
         """{name: (value, unit)} -> {name: (value, unit, quality)}; remembers cumulative values."""
@@ -189,9 +255,11 @@ class Meter:
         prev = self.previous
         for name in values:
             v, unit = values[name]
-            q = quality(name, unit, v, prev.get(name))
+            q = quality(name, unit, v, prev.get(name) if prev is not None else None)
             if q == "good" and name in _MONOTONIC:
-                prev[name] = v
+                if prev is None:
+                    prev = self.previous = {}
+                prev[name] = hundredths(v)
             out[name] = (v, unit, q)
         return out
 
@@ -206,18 +274,87 @@ class Meter:
         stop = cfg.get("stop_bits", 1)
         if stop not in (1, 2):
             raise ConfigError("%s: stop_bits must be 1 or 2" % mid)
-        self.line = (baud, parity, 8, stop)
+        return (baud, parity, 8, stop)
 
     def select_line(self, link):
         link.configure(self.line[0], self.line[1], self.line[2], self.line[3])
 
 
+def _dlt_plan(p, extra):
+    """Fill a new DL/T 645 Profile: the item entries, the block plan per group, the units."""
+    p.block_read = extra[0]
+    p.version = 2007 if p.protocol == "dlt645-2007" else 1997
+    p.fn = dlt645.FN_READ if p.version == 2007 else dlt645_1997.FN_READ
+    # item -> (DI int, None, unit) or the reason it cannot be read (requests are built when sent)
+    p.entries = {}
+    p.units = {}
+    slot = 0 if p.version == 2007 else 1
+    for name in p.items:
+        di = name
+        alias = ITEM_ALIASES.get(name)
+        if alias is not None:
+            di = alias[slot]
+            if di is None:
+                p.entries[name] = "not_in_dlt645_%d" % p.version
+                continue
+        try:
+            info = dlt645_items.item_info(di, p.version)
+            if info["kind"] != "number" or info["block"]:
+                raise dlt645_items.UnknownItem("not a single number")
+            di_int = int(di, 16)
+        except (ValueError, dlt645.DLT645Error):
+            p.entries[name] = "unknown_item"
+            continue
+        p.entries[name] = (di_int, None, info["unit"])
+        p.units[name] = info["unit"]
+    # per group: [(block DI, None, [names])] for families of >= 2 items, and the other names
+    p.plans = []
+    for _gname, items, _iv in p.groups:
+        families = {}
+        order = []
+        for name in items:
+            e = p.entries.get(name)
+            if isinstance(e, tuple) and p.block_read is not False:
+                bdi = block_di(e[0], p.version)
+                if bdi is not None:
+                    if bdi not in families:
+                        families[bdi] = []
+                        order.append(bdi)
+                    families[bdi].append(name)
+        blocks = []
+        in_block = []
+        for bdi in order:
+            if len(families[bdi]) >= 2:
+                blocks.append((bdi, None, families[bdi]))
+                in_block.extend(families[bdi])
+        singles = [n for n in items if n not in in_block]
+        p.plans.append((blocks, singles))
+
+
+def block_di(di, version):
+    """The block DI of di's family (0201FF00 for 02010100; B61F for B611), or None."""
+    bdi = di | 0xFF00 if version == 2007 else di | 0xF
+    if bdi == di:
+        return None
+    try:
+        _row, block = dlt645_items.lookup(bdi, version)
+    except dlt645.DLT645Error:
+        return None
+    return bdi if block else None
+
+
 class DltMeter(Meter):
     """DL/T 645-2007 or -1997: one read per item, or one per block family."""
 
+    version = _shared("version")
+    block_read = _shared("block_read")
+    entries = _shared("entries")
+    _fn = _shared("fn")
+    no_block = ()  # block DIs this meter refused (read singly from now on): a tuple once there is one
+
     def __init__(self, cfg, defaults=None):
         Meter.__init__(self, cfg, defaults)
-        self.version = 2007 if self.protocol == "dlt645-2007" else 1997
+        protocol = cfg["protocol"]
         addr = cfg.get("address")
         if isinstance(addr, int) and not isinstance(addr, bool):
             addr = "%012d" % addr
@@ -227,71 +364,16 @@ class DltMeter(Meter):
             self.address = dlt645.address_to_wire(addr)
         except dlt645.DLT645Error as exc:
             raise ConfigError("%s: address %r: %s" % (self.id, addr, exc))
-        self._line(cfg, _DLT_LINE[self.protocol], "E")
         block = cfg.get("block_read", "auto")
         if block not in (True, False, "auto"):
             raise ConfigError("%s: block_read must be true, false or \"auto\"" % self.id)
-        self.block_read = block
-        self.no_block = []  # block DIs this meter refused: read singly from now on
-        self._fn = dlt645.FN_READ if self.version == 2007 else dlt645_1997.FN_READ
-        # item -> (DI int, request frame, unit) or the reason it cannot be read
-        self.entries = {}
-        slot = 0 if self.version == 2007 else 1
-        for name in self.items:
-            di = name
-            alias = ITEM_ALIASES.get(name)
-            if alias is not None:
-                di = alias[slot]
-                if di is None:
-                    self.entries[name] = "not_in_dlt645_%d" % self.version
-                    continue
-            try:
-                info = dlt645_items.item_info(di, self.version)
-                if info["kind"] != "number" or info["block"]:
-                    raise dlt645_items.UnknownItem("not a single number")
-                di_int = int(di, 16)
-            except (ValueError, dlt645.DLT645Error):
-                self.entries[name] = "unknown_item"
-                continue
-            self.entries[name] = (di_int, None, info["unit"])  # the frame is built when it is sent
-        # per group: [(block DI, block request, [names])] for families of >= 2 items, and the other names
-        self.plans = []
-        for _gname, items, _iv in self.groups:
-            families = {}
-            order = []
-            for name in items:
-                e = self.entries.get(name)
-                if isinstance(e, tuple) and self.block_read is not False:
-                    bdi = self._block_di(e[0])
-                    if bdi is not None:
-                        if bdi not in families:
-                            families[bdi] = []
-                            order.append(bdi)
-                        families[bdi].append(name)
-            blocks = []
-            in_block = []
-            for bdi in order:
-                if len(families[bdi]) >= 2:
-                    blocks.append((bdi, None, families[bdi]))
-                    in_block.extend(families[bdi])
-            singles = [n for n in items if n not in in_block]
-            self.plans.append((blocks, singles))
+        line = self._line(cfg, _DLT_LINE.get(protocol, 2400), "E")
+        self._profile(self._common(cfg, defaults, line, (block,)), _dlt_plan)
 
     def _request(self, di):
         if self.version == 2007:
             return dlt645.build_read(self.address, di)
         return dlt645_1997.build_read(self.address, di)
-
-    def _block_di(self, di):
-        """The block DI of di's family (0201FF00 for 02010100; B61F for B611), or None."""
-        bdi = di | 0xFF00 if self.version == 2007 else di | 0xF
-        if bdi == di:
-            return None
-        try:
-            _row, block = dlt645_items.lookup(bdi, self.version)
-        except dlt645.DLT645Error:
-            return None
-        return bdi if block else None
 
     def _error_reason(self, f):
         names = (dlt645.error_names(f.error) if self.version == 2007
@@ -324,11 +406,11 @@ class DltMeter(Meter):
                     errors[name] = lk.result_name(res)
                 continue
             if f.abnormal:  # the meter has no such block: single reads, now and from now on
-                self.no_block.append(bdi)
+                self.no_block = self.no_block + (bdi,)
                 todo.extend(names)
                 continue
             if not self._split_block(bdi, f.item_data(), names, values, errors):
-                self.no_block.append(bdi)
+                self.no_block = self.no_block + (bdi,)
                 for name in names:
                     errors.pop(name, None)
                 todo.extend(names)
@@ -432,47 +514,61 @@ def epoch_to_civil(t):
     return (y, mo, d, rem // 3600, (rem // 60) % 60, rem % 60, weekday)
 
 
+def _modbus_plan(p, extra):
+    """Fill a new Modbus Profile: the fewest reads covering each group, their requests, the units."""
+    p.model = modbus_maps.model(extra[0])
+    p.unit = extra[1]
+    known = modbus_maps.quantities(p.model)
+    p.quantity_units = {}
+    for pt in p.model["points"]:
+        p.quantity_units[pt[0]] = pt[4]
+    p.names = {}  # quantity -> [published names]
+    p.units = {}  # published name -> unit
+    p.plans = []  # per group: (planned reads, their requests, [(item, reason)])
+    for _gname, items, _iv in p.groups:
+        bad = []
+        qs = []
+        for item in items:
+            q = item
+            alias = ITEM_ALIASES.get(item)
+            if alias is not None:
+                q = alias[2]
+            if q is None or q not in known:
+                bad.append((item, "not_in_model" if alias is not None else "unknown_item"))
+                continue
+            names = p.names.setdefault(q, [])
+            if item not in names:
+                names.append(item)
+            p.units[item] = p.quantity_units[q]
+            if q not in qs:
+                qs.append(q)
+        reads = modbus_maps.plan(p.model, qs) if qs else []
+        p.plans.append((reads, [r.request(p.unit) for r in reads], bad))
+
+
 class ModbusMeter(Meter):
     """Modbus RTU meter of a known model (modbus_maps): the items are
     covered by the fewest read requests."""
+
+    model = _shared("model")
+    unit = _shared("unit")
+    names = _shared("names")
+    units = _shared("quantity_units")
 
     def __init__(self, cfg, defaults=None):
         Meter.__init__(self, cfg, defaults)
         name = cfg.get("model")
         try:
-            self.model = modbus_maps.model(name)
+            model = modbus_maps.model(name)
         except (ValueError, TypeError):
             raise ConfigError("%s: unknown Modbus model %r (known: %s)" % (
                 self.id, name, ", ".join(sorted(modbus_maps.MODELS))))
-        unit = cfg.get("unit_id", self.model["unit"])
+        unit = cfg.get("unit_id", model["unit"])
         if isinstance(unit, bool) or not isinstance(unit, int) or not 1 <= unit <= 247:
             raise ConfigError("%s: unit_id must be 1..247, got %r" % (self.id, unit))
-        self.unit = unit
-        self._line(cfg, self.model["baud"], self.model["parity"])
-        known = modbus_maps.quantities(self.model)
-        self.units = {}
-        for p in self.model["points"]:
-            self.units[p[0]] = p[4]
-        self.names = {}  # quantity -> [published names]
-        self.plans = []  # per group: (planned reads, their requests, [(item, reason)])
-        for _gname, items, _iv in self.groups:
-            bad = []
-            qs = []
-            for item in items:
-                q = item
-                alias = ITEM_ALIASES.get(item)
-                if alias is not None:
-                    q = alias[2]
-                if q is None or q not in known:
-                    bad.append((item, "not_in_model" if alias is not None else "unknown_item"))
-                    continue
-                names = self.names.setdefault(q, [])
-                if item not in names:
-                    names.append(item)
-                if q not in qs:
-                    qs.append(q)
-            reads = modbus_maps.plan(self.model, qs) if qs else []
-            self.plans.append((reads, [r.request(self.unit) for r in reads], bad))
+        line = self._line(cfg, model["baud"], model["parity"])
+        # the unit id is in the requests: meters share a profile only with the same unit id
+        self._profile(self._common(cfg, defaults, line, (name, unit)), _modbus_plan)
 
     def requests_per_poll(self, group=0):
         return len(self.plans[group][0])

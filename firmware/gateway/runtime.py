@@ -15,6 +15,7 @@
 # published as its error with quality "comm_error".
 import gc
 import json
+from array import array
 
 from gateway import VERSION
 from gateway import jsonout
@@ -120,15 +121,18 @@ class Runtime:
                            segments=sp.get("segments", 8), max_record=sp.get("max_record", 2048))
         self.boot_count, self.resets = self._count_boot()
         self.started = ticks_ms()
-        # schedule: [due tick, meter index, group index (-1: clock check), interval ms]
-        self.schedule = []
+        # schedule: four ints an entry (due tick, meter index, group index (-1: clock
+        # check), interval ms) in one array: 64 entries are 1 KB, not 6 KB of small lists
+        sched = []
         now = ticks_ms()
         for k in range(len(self.meters)):
             m = self.meters[k]
             for g in range(len(m.groups)):
-                self.schedule.append([now, k, g, m.groups[g][2]])
+                sched.extend((now, k, g, m.groups[g][2]))
             if isinstance(m, mt.DltMeter) and self.clock_check_ms > 0:
-                self.schedule.append([ticks_add(now, CLOCK_FIRST_S * 1000), k, -1, self.clock_check_ms])
+                sched.extend((ticks_add(now, CLOCK_FIRST_S * 1000), k, -1, self.clock_check_ms))
+        self.schedule = array("i", sched)
+        sched = None
         self.jobs = []  # coroutine functions queued by commands, run by the bus task
         self.bus_wake = asyncio.Event()
         self.pub_wake = asyncio.Event()
@@ -178,23 +182,10 @@ class Runtime:
                 self.config_errors.append(("meters[%d]" % k, str(exc)))
                 continue
             seen.append(m.id)
-            m.item_units = self._units(m)
             m.out = [jsonout.GroupOut(self.device, m.id, g[0], g[1], m.item_units) for g in m.groups]
             out.append(m)
+        mt.forget_profiles()
         return out
-
-    def _units(self, m):
-        units = {}
-        if isinstance(m, mt.DltMeter):
-            for name in m.entries:
-                e = m.entries[name]
-                if isinstance(e, tuple):
-                    units[name] = e[2]
-        else:
-            for q in m.names:
-                for name in m.names[q]:
-                    units[name] = m.units[q]
-        return units
 
     def _make_mqtt(self, mq):
         from gateway import mqtt
@@ -238,14 +229,17 @@ class Runtime:
 
     # -- the bus task ----------------------------------------------------------
     def _next_due(self):
-        best = None
+        """Index in self.schedule of the entry due first, or -1."""
+        sch = self.schedule
+        best = -1
         now = ticks_ms()
-        for entry in self.schedule:
-            if best is None or ticks_diff(entry[0], now) < ticks_diff(best[0], now):
-                best = entry
+        for j in range(0, len(sch), 4):
+            if best < 0 or ticks_diff(sch[j], now) < ticks_diff(sch[best], now):
+                best = j
         return best
 
     async def bus_task(self):
+        sch = self.schedule
         while not self.stopping:
             self.bus_beat = ticks_ms()
             if self.jobs:
@@ -255,29 +249,31 @@ class Runtime:
                 except Exception as exc:  # noqa: BLE001
                     log("bus job failed: %r" % (exc,))
                 continue
-            entry = self._next_due()
-            if entry is None:
+            j = self._next_due()
+            if j < 0:
                 await self._idle(1000)
                 continue
-            wait = ticks_diff(entry[0], ticks_ms())
+            wait = ticks_diff(sch[j], ticks_ms())
             if wait > 0:
                 await self._idle(wait if wait < 1000 else 1000)
                 continue
             late = -wait
-            if late > entry[3]:
+            interval = sch[j + 3]
+            if late > interval:
                 self.overruns += 1
-                entry[0] = ticks_add(ticks_ms(), entry[3])  # the schedule slipped: restart from now
+                sch[j] = ticks_add(ticks_ms(), interval)  # the schedule slipped: restart from now
             else:
-                entry[0] = ticks_add(entry[0], entry[3])
-            m = self.meters[entry[1]]
+                sch[j] = ticks_add(sch[j], interval)
+            m = self.meters[sch[j + 1]]
+            g = sch[j + 2]
             t0 = ticks_ms()
             try:
-                if entry[2] < 0:
+                if g < 0:
                     await self.check_clock(m)
                 else:
-                    await self.poll_group(m, entry[2])
+                    await self.poll_group(m, g)
             except Exception as exc:  # noqa: BLE001 - the bus task must outlive anything one job does
-                log("meter %s: %s failed: %r" % (m.id, "clock check" if entry[2] < 0 else "poll", exc))
+                log("meter %s: %s failed: %r" % (m.id, "clock check" if g < 0 else "poll", exc))
             self.busy_ms += ticks_diff(ticks_ms(), t0)
 
     async def _idle(self, ms):
@@ -560,9 +556,10 @@ class Runtime:
         if name == "poll":
             wanted = req.get("meter")
             n = 0
-            for entry in self.schedule:
-                if entry[2] >= 0 and (wanted is None or self.meters[entry[1]].id == wanted):
-                    entry[0] = ticks_ms()
+            sch = self.schedule
+            for j in range(0, len(sch), 4):
+                if sch[j + 2] >= 0 and (wanted is None or self.meters[sch[j + 1]].id == wanted):
+                    sch[j] = ticks_ms()
                     n += 1
             if wanted is not None and n == 0:
                 raise ValueError("no meter %r" % (wanted,))
