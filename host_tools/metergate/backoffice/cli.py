@@ -53,9 +53,11 @@ def backoffice():
 @tz_option
 @click.option("--batch", "batch_max", type=click.IntRange(1, 100000), default=1000, show_default=True,
               help="At most this many messages per transaction.")
+@click.option("--db-timeout", type=click.FloatRange(0.1, 600), default=5.0, show_default=True,
+              help="Seconds a write waits for a locked or unreachable database before it backs off.")
 @click.option("-v", "--verbose", is_flag=True)
 def ingest_cmd(broker_url, db_url, group, client_id, prefix, username, password, ca_certs, items, tz,
-               batch_max, verbose):
+               batch_max, db_timeout, verbose):
     """Subscribe to the gateways and store what they publish, until SIGTERM / Ctrl-C.
 
     Acknowledges each message only after it is committed; run it under a
@@ -68,7 +70,7 @@ def ingest_cmd(broker_url, db_url, group, client_id, prefix, username, password,
     try:
         ingest = Ingest(broker_url, db_url, client_id=client_id, group=group, prefix=prefix,
                         rule=_rule(tz, items), batch_max=batch_max, username=username, password=password,
-                        ca_certs=ca_certs)
+                        ca_certs=ca_certs, db_timeout_s=db_timeout)
     except ValueError as exc:
         raise click.BadParameter(str(exc))
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -38,6 +38,16 @@ log = logging.getLogger("metergate.backoffice.ingest")
 
 KINDS = ("reading", "health", "status", "selfcheck")
 
+# mosquitto.conf lines the ingest needs (docs/backoffice.md). The defaults
+# silently drop QoS 1 messages queued for a persistent session beyond 1000
+# (max_queued_messages), and let only 20 unacknowledged messages be in flight
+# to a consumer, which caps a consumer that acknowledges after commit.
+BROKER_SETTINGS = (
+    "max_queued_messages 1000000",
+    "max_queued_bytes 0",
+    "max_inflight_messages 1000",
+)
+
 
 def meter_id(device: str, meter: str) -> str:
     """A gateway's meter in the back office: '<device>/<meter id in its config>'."""
@@ -222,12 +232,12 @@ class Ingest:
 
     def __init__(self, broker_url, db_url, *, client_id=None, group=None, prefix="metergate", rule=None,
                  batch_max=1000, linger_s=0.02, backoff_s=(0.5, 30.0), username=None, password=None,
-                 ca_certs=None, keepalive=30, on_batch=None):
+                 ca_certs=None, keepalive=30, on_batch=None, db_timeout_s=5.0):
         from metergate.bench.broker import parse_mqtt_url
 
         self.scheme, self.host, self.port = parse_mqtt_url(broker_url)
         self.broker_url = broker_url
-        self.store = Store(db_url)
+        self.store = Store(db_url, busy_timeout_s=db_timeout_s, connect_timeout_s=max(1, int(db_timeout_s)))
         self.rule = rule or CollectionRule()
         self.client_id = client_id or default_client_id(group)
         self.group = group
@@ -242,6 +252,7 @@ class Ingest:
         self._stop = threading.Event()
         self._generation = 0  # a new one per connection: acks of an older one are void
         self._connected = threading.Event()
+        self.subscribed = threading.Event()
         self._selfcheck = _selfcheck_validator()
         self.writer = None
         self.client = None
@@ -261,6 +272,14 @@ class Ingest:
         log.info("connected to %s as %s (session present: %s)", self.broker_url, self.client_id,
                  flags.session_present)
         self._connected.set()
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties):
+        refused = [c for c in reason_codes if c.is_failure]
+        if refused:
+            log.error("broker %s refused the subscription: %s", self.broker_url, refused)
+        else:
+            log.info("subscribed to %s", ", ".join(subscriptions(self.prefix, self.group)))
+            self.subscribed.set()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties):
         self._connected.clear()
@@ -283,6 +302,7 @@ class Ingest:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
         return client
 
     def _connect_store(self):
