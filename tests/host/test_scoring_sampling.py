@@ -159,3 +159,15 @@ def test_record_refuses_a_draw_that_no_longer_matches(data):
         f.write("R1,R1M21,,\n")  # the order changed after the draw (21 meters: 4 to sample)
     with pytest.raises(inputs.InputErrors, match="the draw no longer matches"):
         sampling.record(inputs.load(data, RULES), RULES, sheet, data)
+
+
+def test_a_draw_without_seed_records_the_one_it_used(data):
+    res = CliRunner().invoke(main, ["sample", "draw", "--data", str(data), "--order", "R1", "--stratify", "crew",
+                                    "--out", str(data / "s.csv")])
+    assert res.exit_code == 0, res.output
+    record = json.loads((data / "s.json").read_text(encoding="utf-8"))
+    assert "seed %d" % record["seed"] in res.output and record["stratify"] == "crew"
+    again = sampling.draw(inputs.load(data, RULES), RULES, "R1", seed=record["seed"], stratify="crew")
+    assert again.meters == record["meters"]
+    res = CliRunner().invoke(main, ["sample", "draw", "--data", str(data), "--order", "R404"])
+    assert res.exit_code == 1 and "R404" in res.output
