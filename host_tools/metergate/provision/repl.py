@@ -171,8 +171,9 @@ class Repl:
     def exec(self, code: str, timeout: float | None = None) -> str:
         return self.run("exec", code, timeout=timeout)
 
-    def probe(self, names=("main.py", "boot.py", "gateway", "config.json", "board.json")) -> BoardInfo:
-        out = self.exec(_PROBE.replace("NAMES", json.dumps(list(names))))
+    def probe(self, names=("main.py", "boot.py", "gateway", "config.json", "board.json"),
+              timeout: float | None = None) -> BoardInfo:
+        out = self.exec(_PROBE.replace("NAMES", json.dumps(list(names))), timeout=timeout)
         for line in out.splitlines():
             if line.startswith(MARK):
                 data = json.loads(line[len(MARK):])

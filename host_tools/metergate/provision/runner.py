@@ -50,6 +50,7 @@ class Plan:
     wait: str = "console"                # console | health | none
     wait_timeout: float = 30.0
     mqtt_wait_s: float = 5.0
+    probe_timeout: float = 15.0          # a port where no REPL answers makes mpremote hang: give up after this
     watcher: object = None               # a connected MqttProbe subscribed to PREFIX/v1/+/health (wait="health")
 
 
@@ -140,10 +141,11 @@ def provision_board(port: str, plan: Plan, device_id: str | None = None, progres
         # 1. the REPL first: a board that answers tells us what it is
         step("probe", "running")
         try:
-            info = repl.probe()
+            info = repl.probe(timeout=plan.probe_timeout)
         except ReplError as exc:
             if plan.image is None:
                 raise ProvisionError("%s; no MicroPython REPL answers, give --image to flash MicroPython first"
+                                   " / 没有 MicroPython 应答, 请用 --image 先烧录 MicroPython"
                                      % exc) from None
             info = None
         step("probe", "done", "no REPL" if info is None else "MicroPython %s on %s, mpy v%s"
