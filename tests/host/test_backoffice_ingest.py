@@ -4,11 +4,9 @@ bytes, kill -9 at any moment loses nothing and doubles nothing, a database
 outage holds the acknowledgements until the data is committed, and four
 processes on a shared subscription store every reading exactly once."""
 
-import os
 import pathlib
 import re
 import sqlite3
-import subprocess
 import sys
 import threading
 import time
@@ -18,7 +16,7 @@ import pytest
 
 from metergate.backoffice import traffic
 from metergate.backoffice.ingest import BROKER_SETTINGS, Ingest
-from metergate.backoffice.pgserver import PostgresServer, PostgresUnavailable
+from metergate.backoffice.pgserver import start_or_reason
 from metergate.backoffice.store import Store
 from metergate.bench.broker import Broker
 from metergate.bench.procs import ManagedProcess
@@ -33,22 +31,11 @@ def broker():
         yield b
 
 
-def _postgres():
-    try:
-        return PostgresServer(fsync=False).start()
-    except PostgresUnavailable as first:
-        if os.geteuid() != 0:
-            pytest.skip("PostgreSQL cannot run here and we are not root to install it: %s" % first)
-        subprocess.run([str(REPO / "scripts" / "system-deps.sh")], check=False)
-        try:
-            return PostgresServer(fsync=False).start()
-        except PostgresUnavailable as exc:
-            pytest.skip("PostgreSQL not available even after scripts/system-deps.sh: %s" % exc)
-
-
 @pytest.fixture(scope="module")
 def postgres():
-    pg = _postgres()
+    pg, why_not = start_or_reason(REPO / "scripts" / "system-deps.sh", fsync=False)
+    if pg is None:
+        pytest.skip(why_not)
     try:
         yield pg
     finally:

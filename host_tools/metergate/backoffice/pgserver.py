@@ -140,3 +140,19 @@ class PostgresServer:
     def __exit__(self, *exc):
         self.stop()
         return False
+
+
+def start_or_reason(install_script=None, **kwargs):
+    """(started PostgresServer, None), or (None, why not) when PostgreSQL cannot
+    run here; as root the Debian package is installed first with
+    `install_script` (scripts/system-deps.sh) when it is missing."""
+    try:
+        return PostgresServer(**kwargs).start(), None
+    except PostgresUnavailable as first:
+        if os.geteuid() != 0 or install_script is None:
+            return None, "PostgreSQL cannot run here (not root, so not installed for you): %s" % first
+        subprocess.run([str(install_script)], check=False)
+        try:
+            return PostgresServer(**kwargs).start(), None
+        except PostgresUnavailable as exc:
+            return None, "PostgreSQL not available even after %s: %s" % (install_script, exc)

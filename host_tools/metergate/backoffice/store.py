@@ -140,11 +140,15 @@ class Store:
             psycopg = _pg_module()
             if isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)):
                 return Unavailable("PostgreSQL %s: %s" % (self.display_url, str(exc).strip()))
+            if isinstance(exc, psycopg.DatabaseError):
+                return StoreError("PostgreSQL %s: %s" % (self.display_url, str(exc).strip()))
         return exc
 
     # -- statements ----------------------------------------------------------
     def sql(self, statement: str) -> str:
-        return statement.replace("?", "%s") if self.dialect == "postgresql" else statement
+        if self.dialect == "postgresql":  # psycopg's placeholders are %s, a literal % is %%
+            return statement.replace("%", "%%").replace("?", "%s")
+        return statement
 
     def _require(self):
         if self.conn is None:
