@@ -142,3 +142,11 @@ def test_db_gives_the_same_scores_as_csv(data, tmp_path):
                                     "--explain", "P03:2026-11-04"])
     assert res.exit_code == 0, res.output
     assert "collection from db" in res.output and "meter M81: NOT read" in res.output
+
+
+def test_db_that_cannot_be_opened_is_a_clear_error(data, tmp_path):
+    pytest.importorskip("metergate.backoffice.success")
+    url = "sqlite:///%s" % (tmp_path / "no-such-dir" / "bo.db")
+    res = CliRunner().invoke(main, ["score", "--month", "2026-11", "--data", str(data), "--db", url])
+    assert res.exit_code == 1
+    assert "--db" in res.output and "no-such-dir" in res.output and "Traceback" not in res.output

@@ -33,6 +33,8 @@ class Problem:
     reason: str
 
     def __str__(self):
+        if self.line == 0:  # about the whole file or source, not a row
+            return "%s: %s%s" % (self.file, self.field + ": " if self.field else "", self.reason)
         return "%s:%d: %s: %s" % (self.file, self.line, self.field or "(row)", self.reason)
 
 
@@ -420,7 +422,15 @@ def read_collection_db(db_url, start, end, problems):
         raise InputErrors([Problem("--db", 0, "", "the back office is not available (metergate.backoffice.success "
                                    "cannot be imported: %s); give collection.csv in the data directory instead"
                                    % exc)])
-    for n, rec in enumerate(success.meter_days(db_url, start, end), 1):
+    try:
+        yield from _db_rows(success.meter_days(db_url, start, end), problems)
+    except (RuntimeError, ValueError, OSError) as exc:
+        # the back office's StoreError (a RuntimeError) or a bad URL: say which database
+        raise InputErrors([Problem("--db", 0, "", "%s: %s" % (db_url, exc))])
+
+
+def _db_rows(records, problems):
+    for n, rec in enumerate(records, 1):
         try:
             meter, collector, day, collected = rec
             ok = isinstance(day, dt.date) and isinstance(collected, bool) and meter and collector
