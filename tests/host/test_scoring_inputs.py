@@ -96,7 +96,7 @@ def test_cli_prints_every_problem(data):
     _append(data / "maintenance.csv", "J9,P77,2026-11-05,wireless,W9,,", "J9,P01,2026-11-05,solar,W9,,")
     res = CliRunner().invoke(main, ["score", "--month", "2026-11", "--data", str(data)])
     assert res.exit_code == 1
-    assert "2 bad input row(s)" in res.output
+    assert "2 input problem(s)" in res.output
     assert "maintenance.csv:12: person:" in res.output and "maintenance.csv:13: kind:" in res.output
 
 

@@ -43,7 +43,7 @@ class InputErrors(ValueError):
 
     def __init__(self, problems):
         self.problems = list(problems)
-        super().__init__("%d bad input row(s):\n  " % len(self.problems)
+        super().__init__("%d input problem(s):\n  " % len(self.problems)
                          + "\n  ".join(str(p) for p in self.problems))
 
 
