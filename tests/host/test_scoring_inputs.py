@@ -48,8 +48,11 @@ def test_every_bad_row_is_reported_by_file_line_and_field(data):
             "R1,R1M05,screws_tight,maybe,T01,2026-11-12,",                        # 9: result
             "R1,B1M01,screws_tight,pass,T01,2026-11-12,",                         # 10: meter of another order
             "R1,R1M03,screws_tight,pass,T01,2026-11-12,")                         # 11: recorded twice
-    _append(data / "complaints.csv", "K4,P01,2026-11-18,substantiated,4,,x",      # 5: deduction without reason
-            "K5,P01,2026-11-18,unsubstantiated,2,why,x", "K6,P01,2026-11-18,closed,,,")  # 6, 7
+    _append(data / "complaints.csv",
+            "K4,P01,2026-11-18,substantiated,4,,T01,2026-11-18T10:00,x",          # 5: deduction without reason
+            "K5,P01,2026-11-18,unsubstantiated,2,why,T01,2026-11-18T10:00,x",     # 6: unsubstantiated
+            "K6,P01,2026-11-18,closed,,,,,",                                      # 7: no such state
+            "K7,P01,2026-11-18,substantiated,4,why,,,x")                          # 8: who and when missing
     _append(data / "adjustments.csv", "P02,2026-11-13,R1,-2,,T01,2026-11-13T16:20",  # 3: no why
             "P02,2026-11-13,R1,-200,because,T01,yesterday")                       # 4: percent, when
     got = _problems(data)
@@ -63,6 +66,7 @@ def test_every_bad_row_is_reported_by_file_line_and_field(data):
         ("spot_checks.csv", 8, "item"), ("spot_checks.csv", 9, "result"), ("spot_checks.csv", 10, "meter"),
         ("spot_checks.csv", 11, "item"),
         ("complaints.csv", 5, "reason"), ("complaints.csv", 6, "deduction"), ("complaints.csv", 7, "state"),
+        ("complaints.csv", 8, "who"), ("complaints.csv", 8, "when"),
         ("adjustments.csv", 3, "why"), ("adjustments.csv", 4, "percent"), ("adjustments.csv", 4, "when"),
     }
     assert set(got) == want, sorted(set(got) ^ want)

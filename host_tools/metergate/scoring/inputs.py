@@ -16,7 +16,7 @@ FILES = {
     "orders.csv": (("order", "kind", "person"), ("deadline", "completed")),
     "order_meters.csv": (("order", "meter"), ("person", "load_class")),
     "spot_checks.csv": (("order", "meter", "item", "result", "inspector", "day"), ("sample",)),
-    "complaints.csv": (("complaint", "person", "opened", "state"), ("deduction", "reason", "content")),
+    "complaints.csv": (("complaint", "person", "opened", "state"), ("deduction", "reason", "who", "when", "content")),
     "adjustments.csv": (("person", "day", "percent", "why", "who", "when"), ("target",)),
 }
 
@@ -146,6 +146,8 @@ class Complaint:
     state: str
     deduction: Fraction
     reason: str
+    who: str                     # who decided the deduction, and when (an override: who, when, why)
+    when: dt.datetime | None
     content: str
     src: str
 
@@ -351,12 +353,14 @@ def load(root, rules):
         if deduction is not None and deduction < 0:
             r.fail("deduction", "give the deduction as a positive number of percent points")
         reason = r.get("reason", required=False, default="")
+        who = r.get("who", required=bool(deduction), default="")
+        when = r.get("when", parse_when, required=bool(deduction))
         if deduction and not reason:
             r.fail("reason", "a deduction needs a reason")
         if state == "unsubstantiated" and deduction:
             r.fail("deduction", "an unsubstantiated complaint carries no deduction")
-        c = Complaint(r.get("complaint"), person(r), r.get("opened", parse_day), state, deduction, reason,
-                      r.get("content", required=False, default=""), r.src)
+        c = Complaint(r.get("complaint"), person(r), r.get("opened", parse_day), state, deduction, reason, who,
+                      when, r.get("content", required=False, default=""), r.src)
         if not r.bad and c.id in seen_complaints:
             r.fail("complaint", "%s already listed at %s" % (c.id, seen_complaints[c.id]))
         if not r.bad:

@@ -60,7 +60,8 @@ def person_rows(rep, which="people"):
 def complaint_rows(rep):
     for c, applied, note in rep.complaints:
         yield {"complaint": c.id, "person": c.person, "opened": c.opened.isoformat(), "state": c.state,
-               "deduction": pct_num(c.deduction), "applied": pct_num(applied), "reason": c.reason,
+               "deduction": pct_num(c.deduction), "applied": pct_num(applied), "reason": c.reason, "who": c.who,
+               "when": c.when.isoformat() if c.when else "",
                "note": note, "records": c.src}
 
 
