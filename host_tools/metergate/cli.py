@@ -41,6 +41,7 @@ from metergate.demo import demo; main.add_command(demo)  # noqa: E402,E702
 from metergate.config import config_cli; main.add_command(config_cli)  # noqa: E402,E702
 from metergate.provision.cli import provision_cmd; main.add_command(provision_cmd)  # noqa: E402,E702
 from metergate.provision.cli import broker_acl_cmd; main.add_command(broker_acl_cmd)  # noqa: E402,E702
+from metergate.provision.cli import commission_cmd; main.add_command(commission_cmd)  # noqa: E402,E702
 from metergate.backoffice.cli import backoffice; main.add_command(backoffice)  # noqa: E402,E702
 from metergate.scoring.cli import score, sample; main.add_command(score); main.add_command(sample)  # noqa: E402,E702
 

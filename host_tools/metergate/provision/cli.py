@@ -190,3 +190,64 @@ def broker_acl_cmd(records, out, services, topic_prefix):
                "acl_file %s; then reload the broker (SIGHUP)."
                % (got["passwd"], got["acl"], got["devices"], got["services"], got["passwd"].resolve(),
                   got["acl"].resolve()))
+
+
+@click.command("commission")
+@click.option("--work-order", "work_order", required=True, type=click.Path(exists=True, dir_okay=False, path_type=pathlib.Path),
+              help="The work order: TOML/JSON with [[work_order]] entries (a site file works too).")
+@click.option("--port", help="The gateway's serial port: its config.json (device id, broker, meters) is read from it.")
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=pathlib.Path),
+              help="The gateway's config.json, instead of reading it over --port.")
+@click.option("--report", "report_file", type=click.Path(exists=True, dir_okay=False, path_type=pathlib.Path),
+              help="A self-check report already taken (selfcheck.json), instead of running one over MQTT.")
+@click.option("--broker", help="Broker URL as this computer reaches it (default: the gateway's own).")
+@click.option("--user", help="Broker account allowed to command gateways (a broker-acl --service user).")
+@click.option("--password", envvar="METERGATE_BROKER_PASSWORD", help="Or METERGATE_BROKER_PASSWORD.")
+@click.option("--timeout", type=float, default=300.0, show_default=True, help="Seconds to wait for the report.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=pathlib.Path), default=pathlib.Path("commissioning"),
+              show_default=True, help="Folder for the record (JSON + bilingual text).")
+def commission_cmd(work_order, port, config_file, report_file, broker, user, password, timeout, out):
+    """Commission an installed gateway: self-check, compare with the work order, write the record.
+
+    调试验收: 触发网关自检, 与装接单比对, 生成调试记录 (JSON 与中英文摘要)。
+    Exit status 1 when the verdict is FAIL.
+    """
+    import json as _json
+
+    from metergate.provision import commission as cm
+    from metergate.provision.repl import Repl, ReplError, reboot_and_watch
+
+    try:
+        order = cm.load_work_order(work_order)
+        if config_file:
+            cfg = _json.loads(config_file.read_text(encoding="utf-8"))
+        elif port:
+            repl = Repl(port)
+            info = repl.probe(timeout=15)
+            cfg = _json.loads(repl.run("fs", "cat", ":config.json"))
+            reboot_and_watch(port, info.platform, want_mqtt=True)  # reading it stopped the app: start it again
+        else:
+            raise cm.CommissionError("give --port (or --config) so the gateway's config is known")
+        device = cfg.get("device_id")
+        if report_file:
+            try:
+                report = _json.loads(report_file.read_text(encoding="utf-8"))
+            except ValueError as exc:
+                raise cm.CommissionError("%s: not JSON: %s" % (report_file, exc)) from None
+            source = "file:%s" % report_file.name
+        else:
+            mqtt = cfg.get("mqtt") or {}
+            url = broker or mqtt.get("url")
+            if not url or not device:
+                raise cm.CommissionError("the gateway's config has no broker or device id: give --broker, or --report")
+            report = cm.run_selfcheck(url, device, user, password, mqtt.get("topic_prefix", "metergate"),
+                                      cfg.get("command_token"), timeout)
+            source = "mqtt"
+        rec = cm.record(report, order, cfg, device, source)
+        jpath, tpath = cm.write(rec, out)
+    except (cm.CommissionError, ReplError, ValueError, OSError, ConnectionError, TimeoutError) as exc:
+        raise click.ClickException(str(exc))
+    click.echo(cm.summary(rec))
+    click.echo("record / 记录: %s, %s" % (jpath, tpath))
+    if rec["verdict"] == "fail":
+        sys.exit(1)
