@@ -3,7 +3,7 @@
 # otherwise reported with the command that installs them.
 set -eu
 # program -> Debian package providing it
-PROGRAMS="mosquitto:mosquitto mosquitto_sub:mosquitto-clients socat:socat openssl:openssl pg_ctlcluster:postgresql chromium:chromium chromedriver:chromium-driver"
+PROGRAMS="mosquitto:mosquitto mosquitto_passwd:mosquitto mosquitto_sub:mosquitto-clients socat:socat openssl:openssl pg_ctlcluster:postgresql chromium:chromium chromedriver:chromium-driver"
 missing=""
 for pair in $PROGRAMS; do
   prog=${pair%%:*}; pkg=${pair##*:}
