@@ -44,10 +44,10 @@ def test_every_bad_row_is_reported_by_file_line_and_field(data):
     _append(data / "orders.csv", "R9,rotation,P01,,", "R1,batch,P01,,")           # 5: no deadline, 6: dup
     _append(data / "order_meters.csv", "B1,B1M11,,4", "R7,X,,", "B1,B1M12,,")     # 32 class, 33 order, 34 class
     _append(data / "spot_checks.csv",
-            "R1,R1M04,torque,pass,T01,2026-11-12,",                               # 8: unknown item
-            "R1,R1M05,screws_tight,maybe,T01,2026-11-12,",                        # 9: result
-            "R1,B1M01,screws_tight,pass,T01,2026-11-12,",                         # 10: meter of another order
-            "R1,R1M03,screws_tight,pass,T01,2026-11-12,")                         # 11: recorded twice
+            "R1,R1M04,torque,pass,T01,2026-11-12,,,",                               # 8: unknown item
+            "R1,R1M05,screws_tight,maybe,T01,2026-11-12,,,",                        # 9: result
+            "R1,B1M01,screws_tight,pass,T01,2026-11-12,,,",                         # 10: meter of another order
+            "R1,R1M03,screws_tight,pass,T01,2026-11-12,,,")                         # 11: recorded twice
     _append(data / "complaints.csv",
             "K4,P01,2026-11-18,substantiated,4,,T01,2026-11-18T10:00,x",          # 5: deduction without reason
             "K5,P01,2026-11-18,unsubstantiated,2,why,T01,2026-11-18T10:00,x",     # 6: unsubstantiated

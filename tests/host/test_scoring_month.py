@@ -133,3 +133,15 @@ def test_cli_explain():
     assert res.exit_code == 2 and "--explain" in res.output
     res = run(main, ["score", "--month", "2026-13", "--data", str(DATA)])
     assert res.exit_code == 2 and "YYYY-MM" in res.output
+
+
+def test_batch_correspondence_needs_three_signatures(tmp_path):
+    d = tmp_path / "nov"
+    shutil.copytree(DATA, d)
+    with open(d / "spot_checks.csv", "a", encoding="utf-8") as f:
+        f.write("B1,B1M01,correspondence,pass,T01,2026-11-14,,Q Wang,物业 Liu\n"
+                "B1,B1M02,correspondence,pass,T01,2026-11-14,,Q Wang,\n")
+    rep = month.score_month(inputs.load(d, RULES), RULES, "2026-11")
+    b1 = [o for o in rep.orders if o.order.id == "B1"][0]
+    assert (b1.spot.ok, b1.spot.total) == (2, 2)
+    assert "not signed by crew and property manager (三方签字): B1M02" in " ".join(b1.flags)

@@ -81,7 +81,7 @@ def test_stratified_by_crew(data):
     assert by_crew == {"A": 4, "B": 3, "C": 3}
 
 
-def _fill(sheet, results, inspector="T02 Zhao", day="2026-11-14", skip=()):
+def _fill(sheet, results, inspector="T02 Zhao", day="2026-11-14", skip=(), signed=None):
     with open(sheet, encoding="utf-8-sig", newline="") as f:
         rows = list(csv.reader(f))
     head = [h.split(" / ")[0] for h in rows[0]]
@@ -92,6 +92,8 @@ def _fill(sheet, results, inspector="T02 Zhao", day="2026-11-14", skip=()):
         for item, value in results.get(meter, {"screws_tight": "pass", "rs485_polarity": "合格"}).items():
             row[head.index(item)] = value
         row[head.index("inspector")], row[head.index("day")] = inspector, day
+        for k, v in (signed or {}).items():
+            row[head.index(k)] = v
     with open(sheet, "w", encoding="utf-8-sig", newline="") as f:
         csv.writer(f).writerows(rows)
     return [r[head.index("meter")] for r in rows[1:]]
@@ -112,7 +114,14 @@ def test_draw_fill_record_score(data):
                      str(data / "again.csv")])
     assert (data / "again.csv").read_text(encoding="utf-8-sig") == sheet.read_text(encoding="utf-8-sig")
 
+    assert "signed_crew / 施工方签字,signed_property / 物业签字" in head
     meters = _fill(sheet, {"B1M02": {"correspondence": "不合格", "screws_tight": "pass"}}, skip=("B1M03",))
+    # the correspondence check is signed by crew and property manager too (三方签字)
+    res = run(main, ["sample", "record", str(sheet), "--data", str(data)])
+    assert res.exit_code == 1 and "B1-77.csv:3: signed_crew: the correspondence check needs the crew's" in res.output
+    assert "B1-77.csv:3: signed_property:" in res.output
+    _fill(sheet, {"B1M02": {"correspondence": "不合格", "screws_tight": "pass"}}, skip=("B1M03",),
+          signed={"signed_crew": "Q Wang", "signed_property": "物业 Liu"})
     res = run(main, ["sample", "record", str(sheet), "--data", str(data)])
     assert res.exit_code == 0, res.output
     assert "8 results for 4 meters" in res.output and "未检查: B1M03" in res.output

@@ -15,7 +15,8 @@ FILES = {
     "collection.csv": (("meter", "collector", "day", "collected"), ()),
     "orders.csv": (("order", "kind", "person"), ("deadline", "completed")),
     "order_meters.csv": (("order", "meter"), ("person", "load_class")),
-    "spot_checks.csv": (("order", "meter", "item", "result", "inspector", "day"), ("sample",)),
+    "spot_checks.csv": (("order", "meter", "item", "result", "inspector", "day"),
+                        ("sample", "signed_crew", "signed_property")),
     "complaints.csv": (("complaint", "person", "opened", "state"), ("deduction", "reason", "who", "when", "content")),
     "adjustments.csv": (("person", "day", "percent", "why", "who", "when"), ("target",)),
 }
@@ -135,6 +136,8 @@ class SpotCheck:
     inspector: str
     day: dt.date
     sample: str
+    signed_crew: str       # batch correspondence checks: signed by the crew ...
+    signed_property: str   # ... and the property manager, beside the inspector
     src: str
 
 
@@ -336,7 +339,9 @@ def load(root, rules):
             r.fail("item", "%r is not a spot-check item of rules %s (known: %s)"
                    % (item, rules.version, ", ".join(rules.items)))
         sc = SpotCheck(o.id if o else None, meter, item, r.get("result", parse_pass), r.get("inspector"),
-                       r.get("day", parse_day), r.get("sample", required=False, default=""), r.src)
+                       r.get("day", parse_day), r.get("sample", required=False, default=""),
+                       r.get("signed_crew", required=False, default=""),
+                       r.get("signed_property", required=False, default=""), r.src)
         key = (sc.order, meter, item)
         if not r.bad and key in seen_checks:
             r.fail("item", "%s of %s already recorded at %s" % (item, meter, seen_checks[key]))

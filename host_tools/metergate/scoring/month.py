@@ -190,6 +190,12 @@ def score_month(ds, rules, month, collection_records=None, collection_source="co
             flags.append("spot check incomplete: %d of %d sampled meters checked" % (len(checked), required))
         if not o.meters:
             flags.append("no meters listed in order_meters.csv")
+        if o.kind == "batch":
+            unsigned = sorted(sc.meter for _, scs in checked.values() for sc in scs
+                              if sc.item == "correspondence" and not (sc.signed_crew and sc.signed_property))
+            if unsigned:
+                flags.append("correspondence check not signed by crew and property manager (三方签字): %s"
+                             % " ".join(unsigned))
         adj = by_target.get(o.id, [])
         for q in (spot, collection):
             if q.passed is False and not adj:

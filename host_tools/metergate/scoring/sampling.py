@@ -19,6 +19,15 @@ from metergate.scoring import inputs, scores
 COLUMNS = [("sample", "抽样号"), ("order", "工单"), ("meter", "表计局号"), ("person", "施工人员"),
            ("crew", "班组"), ("load_class", "负荷等级"), ("stratum", "分层")]
 TAIL = [("inspector", "检查人"), ("day", "检查日期")]
+# A batch installation's correspondence check is signed by three parties: the
+# inspector above, the crew and the property manager (DOMAIN.md rule 4.3).
+SIGNED = [("signed_crew", "施工方签字"), ("signed_property", "物业签字")]
+SIGNER = {"signed_crew": "the crew's signature", "signed_property": "the property manager's signature"}
+SIGNED_ITEM = "correspondence"
+
+
+def tail(kind):
+    return TAIL + (SIGNED if kind == "batch" else [])
 
 
 class SamplingError(ValueError):
@@ -92,8 +101,8 @@ def draw(ds, rules, order_id, seed=None, stratify=None):
                 _population_digest(o), out_strata, chosen)
 
 
-def header(rules):
-    cols = COLUMNS + [(k, v["zh"]) for k, v in rules.items.items()] + TAIL
+def header(rules, kind):
+    cols = COLUMNS + [(k, v["zh"]) for k, v in rules.items.items()] + tail(kind)
     return ["%s / %s" % (k, zh) for k, zh in cols]
 
 
@@ -104,10 +113,10 @@ def write(d, rules, csv_path):
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     with open(csv_path, "w", newline="", encoding="utf-8-sig") as f:  # BOM: opens right in Excel/WPS
         w = csv.writer(f)
-        w.writerow(header(rules))
+        w.writerow(header(rules, d.kind))
         for m in d.meters:
             w.writerow([d.sample, d.order, m["meter"], m["person"], m["crew"], m["load_class"], m["stratum"]]
-                       + [""] * (len(rules.items) + len(TAIL)))
+                       + [""] * (len(rules.items) + len(tail(d.kind))))
     json_path = csv_path.with_suffix(".json")
     json_path.write_text(d.to_json() + "\n", encoding="utf-8")
     return json_path
@@ -146,7 +155,7 @@ def record(ds, rules, filled_csv, data_dir):
     with open(filled_csv, newline="", encoding="utf-8-sig") as f:
         reader = csv.reader(f)
         head = [h.split("/")[0].strip() for h in next(reader, [])]
-        want = [k for k, _ in COLUMNS] + items + [k for k, _ in TAIL]
+        want = [k for k, _ in COLUMNS] + items + [k for k, _ in tail(d.kind)]
         if head != want:
             raise inputs.InputErrors([inputs.Problem(name, 1, "", "header differs from the sheet drawn (%s)"
                                                      % ", ".join(sorted(set(want) ^ set(head))))])
@@ -183,6 +192,11 @@ def record(ds, rules, filled_csv, data_dir):
                 problems.append(inputs.Problem(name, line, "", "no item has a result (pass/fail)"))
             if not r["inspector"]:
                 problems.append(inputs.Problem(name, line, "inspector", "empty"))
+            if d.kind == "batch" and r.get(SIGNED_ITEM):
+                for k, zh in SIGNED:
+                    if not r[k]:
+                        problems.append(inputs.Problem(name, line, k, "the correspondence check needs %s (%s)"
+                                                       % (SIGNER[k], zh)))
             day = None
             try:
                 day = inputs.parse_day(r["day"])
@@ -195,20 +209,22 @@ def record(ds, rules, filled_csv, data_dir):
                 if any(sc.order == d.order and sc.meter == r["meter"] and sc.item == it for sc in ds.spot_checks):
                     problems.append(inputs.Problem(name, line, it, "already recorded in spot_checks.csv"))
                 new.append([d.order, r["meter"], it, "pass" if ok else "fail", r["inspector"], day.isoformat(),
-                            d.sample])
+                            d.sample, r.get("signed_crew", ""), r.get("signed_property", "")])
     if problems:
         raise inputs.InputErrors(problems)
     target = pathlib.Path(data_dir) / "spot_checks.csv"
-    cols = ["order", "meter", "item", "result", "inspector", "day", "sample"]
+    cols = ["order", "meter", "item", "result", "inspector", "day", "sample", "signed_crew", "signed_property"]
     fresh = not target.exists() or target.stat().st_size == 0
     if not fresh:
         # Append in the existing file's own column order.
         raw = target.read_bytes()
         with open(target, newline="", encoding="utf-8-sig") as f:
             existing = [h.strip() for h in next(csv.reader(f))]
-        if "sample" not in existing:
-            raise inputs.InputErrors([inputs.Problem("spot_checks.csv", 1, "sample",
-                                                     "add a sample column before recording samples into it")])
+        lacking = [c for c in ("sample",) + (("signed_crew", "signed_property") if d.kind == "batch" else ())
+                   if c not in existing]
+        if lacking:
+            raise inputs.InputErrors([inputs.Problem("spot_checks.csv", 1, ",".join(lacking),
+                                                     "add these columns before recording this sample into it")])
         new = [[dict(zip(cols, row)).get(c, "") for c in existing] for row in new]
     with open(target, "a", newline="", encoding="utf-8") as f:
         if not fresh and not raw.endswith(b"\n"):
