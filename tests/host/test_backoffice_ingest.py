@@ -286,3 +286,54 @@ def test_four_processes_on_a_shared_subscription_store_each_reading_once(broker,
         shares.append(int(m.group(1)))
     assert all(n > 0 for n in shares), "every process took a share: %s" % shares
     assert_exactly_once(db_url, messages)
+
+
+def _mutations(body):
+    """The body with each field removed or given a wrong value, recursively, plus an extra field."""
+    yield dict(body, extra_field=1)
+    for key, value in body.items():
+        yield {k: v for k, v in body.items() if k != key}
+        for wrong in ("x", "", -1, 0, 1.5, None, True, [], {}):
+            if wrong != value or type(wrong) is not type(value):
+                yield dict(body, **{key: wrong})
+        if isinstance(value, dict):
+            for inner in _mutations(value):
+                yield dict(body, **{key: inner})
+
+
+def test_fast_contract_check_agrees_with_the_reference_validator():
+    import json
+
+    from metergate import contract
+    from metergate.backoffice.ingest import FastContract
+
+    fast = FastContract()
+    bodies = {
+        "reading": traffic.reading("gw-1", "m1", 7, ts=1795456800),
+        "status": traffic.status("gw-1"),
+        "health": {"device": "gw-1", "fw": "0.4.0", "ts": 1, "uptime_s": 61, "boot_count": 3,
+                   "reset_cause": "power-on", "resets": [], "heap": {"free": 1, "alloc": 2}, "rssi": None,
+                   "config": {"source": "config.json", "errors": 0},
+                   "spool": {"depth": 0, "dropped": 0, "bytes": 0, "next_seq": 3}, "mqtt": None,
+                   "bus": {"idle_junk": 0, "overruns": 0}, "meters": {}, "collectors": {}},
+    }
+    checked = refused = 0
+    for kind, body in bodies.items():
+        for mutated in list(_mutations(body)) + [body]:
+            payload = json.dumps(mutated).encode()
+            outcomes = []
+            for check in (fast.validate, contract.validate):
+                try:
+                    outcomes.append(("ok", check(kind, payload)))
+                except contract.ContractError as exc:
+                    outcomes.append(("refused", str(exc)))
+            assert outcomes[0] == outcomes[1], (kind, mutated)
+            checked += 1
+            refused += outcomes[0][0] == "refused"
+        for raw in (b"", b"\xff", b"[1]", b'"x"', "{}".encode("utf-16")):
+            with pytest.raises(contract.ContractError) as exc:
+                fast.validate(kind, raw)
+            with pytest.raises(contract.ContractError) as ref:
+                contract.validate(kind, raw)
+            assert str(exc.value) == str(ref.value)
+    assert checked > 300 and refused > 250

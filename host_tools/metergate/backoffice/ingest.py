@@ -22,6 +22,7 @@ Several processes share the load with ``--group`` (``$share/<group>/...``).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -96,6 +97,41 @@ def _selfcheck_validator():
     return check
 
 
+class FastContract:
+    """The contract's schemas compiled to Python code (fastjsonschema): about
+    four times the rate of the reference validator on readings. Anything the
+    fast check refuses is judged again by ``contract.validate``, whose verdict
+    and wording (field and rule) are the ones kept; tests check both agree."""
+
+    def __init__(self, kinds=("reading", "health", "status")):
+        import fastjsonschema
+
+        self._refused = fastjsonschema.JsonSchemaException
+        self._checks = {kind: fastjsonschema.compile(contract.schema(kind)) for kind in kinds}
+
+    def validate(self, kind, payload):
+        check = self._checks.get(kind)
+        if check is None:
+            return contract.validate(kind, payload)
+        try:
+            body = json.loads(payload.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            return contract.validate(kind, payload)  # raises with the parser's reason
+        try:
+            check(body)
+        except self._refused:
+            return contract.validate(kind, body)
+        return body
+
+
+@functools.lru_cache(maxsize=1)
+def _fast_contract():
+    try:
+        return FastContract()
+    except ImportError:  # pragma: no cover - fastjsonschema is a dependency; the reference still works
+        return None
+
+
 def classify(topic: str, payload: bytes, prefix: str = "metergate", selfcheck_validator=None) -> Record:
     """What the message is and whether it keeps the contract (never raises)."""
     payload = bytes(payload)
@@ -119,7 +155,8 @@ def classify(topic: str, payload: bytes, prefix: str = "metergate", selfcheck_va
             if validated:
                 body = selfcheck_validator(body)
         else:
-            body = contract.validate(kind, payload)
+            fast = _fast_contract()
+            body = fast.validate(kind, payload) if fast is not None else contract.validate(kind, payload)
             validated = True
     except contract.ContractError as exc:
         return bad(str(exc), device)
