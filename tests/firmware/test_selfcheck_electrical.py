@@ -360,3 +360,15 @@ def test_hypotheses_are_the_48_three_wire_wirings_and_96_four_wire_ones():
     assert len(list(el._hypotheses("three-phase-3w", False))) == 24
     assert len(list(el._hypotheses("three-phase-4w", None))) == 96
     assert len(list(el._hypotheses("three-phase-4w", True))) == 48
+
+
+def test_four_wire_without_sw7_still_names_what_every_fitting_wiring_agrees_on():
+    # a Modbus meter has no SW7: a-b-c with Ia, -Ib, Ic and a-c-b with Ia, -Ic, Ib give the
+    # same angles, and both say "phase B reversed"
+    r = four_wire((PHI, PHI + 180, PHI))
+    del r["04000507"]
+    found = el.diagnose("three-phase-4w", r)
+    assert codes(found) == ["ELEC-CURRENT-REVERSED"] and found[0]["message"]["en"].startswith("Phase B:")
+    r = four_wire((PHI, PHI, PHI))
+    del r["04000507"]
+    assert el.diagnose("three-phase-4w", r) == []  # the sequence is unknown: no phase-sequence claim

@@ -22,7 +22,7 @@ if str(ROOT / "firmware") not in sys.path:
     sys.path.insert(0, str(ROOT / "firmware"))
 
 from gateway.meters import ITEM_ALIASES, Num  # noqa: E402
-from gateway.protocols import dlt645, dlt645_items  # noqa: E402
+from gateway.protocols import dlt645, dlt645_items, modbus, modbus_maps  # noqa: E402
 from gateway.selfcheck import electrical  # noqa: E402
 from metergate.sim.meters import build_meters  # noqa: E402
 from metergate.sim.site import SiteState, load_site_text  # noqa: E402
@@ -47,6 +47,8 @@ class Rig:
         """{name: value} for the items that came back; an item the meter
         does not answer (dead meter, no such data) is simply absent."""
         model = self.models[meter_id]
+        if model.meter.protocol == "modbus":
+            return self._read_modbus(model, now, names)
         wire = dlt645.address_to_wire(model.meter.address)
         out = {}
         for name in names:
@@ -66,6 +68,29 @@ class Rig:
                 out[name] = dlt645_items.decode_item(di, data)
         return out
 
+    def _read_modbus(self, model, now, names):
+        """Through the gateway's Modbus map planner and decoder (float32 registers)."""
+        spec = modbus_maps.model(model.meter.model)
+        known = modbus_maps.quantities(spec)
+        by_q = {}
+        for name in names:
+            alias = ITEM_ALIASES.get(name)
+            q = alias[2] if alias else name
+            if q in known:
+                by_q.setdefault(q, []).append(name)
+        out = {}
+        for rd in modbus_maps.plan(spec, list(by_q)):
+            reply = model.handle(bytes(rd.request(model.meter.unit_id)), now)
+            if reply is None:
+                continue
+            r = modbus.Reply()
+            if r.parse(reply, 0, len(reply), model.meter.unit_id, rd.function, rd.count) != modbus.OK:
+                continue
+            for q, v in modbus_maps.decode(rd, reply, r.data_start, r.data_end).items():
+                for name in by_q[q]:
+                    out[name] = v
+        return out
+
     def diagnose(self, meter_id, expect=None, noise=None):
         meter = self.site.meter(meter_id)
         names = electrical.needed_items(meter.kind, meter.protocol)
@@ -81,14 +106,18 @@ class Rig:
 
 
 def site_text(meters, faults=(), exporting=False):
-    """meters: [(id, kind, phase, kW, pf, pf_kind, weights)], one customer and
-    breaker per meter, one box, one bus. faults: TOML bodies of [[faults]]."""
+    """meters: [(id, kind, phase, kW, pf, pf_kind, weights[, Modbus model])], one
+    customer and breaker per meter, one box, one bus (DL/T 645-2007 unless a
+    Modbus model is given). faults: TOML bodies of [[faults]]."""
     parts = ['[site]\nname = "matrix"\n', '[[buses]]\nname = "b"\nbaud = 2400\n',
              '[[boxes]]\nid = "X"\npositions = %d\n' % max(12, len(meters))]
-    for n, (mid, kind, phase, kw, pf, pf_kind, weights) in enumerate(meters, 1):
-        parts.append('[[meters]]\nid = "%s"\nposition = %d\nprotocol = "dlt645-2007"\nkind = "%s"\n'
-                     'address = "%012d"\n%s' % (mid, n, kind, 202300000000 + n,
-                                                'phase = "%s"\n' % phase if kind == "single-phase" else ""))
+    for n, (mid, kind, phase, kw, pf, pf_kind, weights, *model) in enumerate(meters, 1):
+        if model:  # a Modbus model: unit id n
+            ident = 'protocol = "modbus"\nmodel = "%s"\nunit_id = %d\n' % (model[0], n)
+        else:
+            ident = 'protocol = "dlt645-2007"\naddress = "%012d"\n' % (202300000000 + n)
+        parts.append('[[meters]]\nid = "%s"\nposition = %d\nkind = "%s"\n%s%s' % (
+            mid, n, kind, ident, 'phase = "%s"\n' % phase if kind == "single-phase" else ""))
         parts.append('[[customers]]\nid = "c%d"\nkw = %r\npf = %r\npf_kind = "%s"\nphase_weights = %s\n%s'
                      % (n, kw, pf, pf_kind, list(weights), "exporting = true\n" if exporting and kw < 0 else ""))
         parts.append('[[breakers]]\nid = "QF%d"\nposition = %d\ncustomer = "c%d"\n' % (n, n, n))
@@ -309,6 +338,33 @@ def matrix_cases(pfs=((0.9, "lagging"),), pairs=True):
     return cases
 
 
+def modbus_cases(pf=0.9, pf_kind="lagging"):
+    """Modbus meters (SDM120, SDM630 four- and three-wire): no status words, so no
+    SW7: the voltage sequence is unknown and some wirings stay ambiguous."""
+    meters = [("q1", "single-phase", "a", 2.2, pf, pf_kind, (1, 1, 1), "sdm120"),
+              ("q2", "three-phase-4w", None, 9.0, pf, pf_kind, (1, 1, 1), "sdm630"),
+              ("q3", "three-phase-3w", None, 9.0, pf, pf_kind, (1, 1, 1), "sdm630"),
+              ("q4", "single-phase", "b", 1.2, pf, pf_kind, (1, 1, 1), "ddsu666")]
+    cases = []
+    for mid in ("q1", "q2", "q3", "q4"):
+        cases.append((meters, Case("modbus reversed %s" % mid, ['type = "reversed"\nmeter = "%s"\n' % mid],
+                                   {mid: [({"ELEC-IN-OUT-REVERSED"}, None)]})))
+    for mid, kind in (("q2", "three-phase-4w"), ("q3", "three-phase-3w")):
+        for p in PHASES:
+            cases.append((meters, Case("modbus lost %s %s" % (mid, p), [
+                'type = "lost_phase"\nmeter = "%s"\nphase = "%s"\nmode = "terminal"\n' % (mid, p)],
+                {mid: [(LOSS, None)]})))
+        for volts, cur in all_wirings(kind):
+            # without SW7 a reversed voltage sequence that measures right is invisible
+            exp = [e for e in wiring_expectation(kind, volts, cur) if e[0] != {"ELEC-PHASE-SEQUENCE"}]
+            cases.append((meters, Case("modbus wiring %s U%s I%s" % (mid, "".join(volts), cur),
+                                       [wiring_body(mid, volts, cur)], {mid: exp} if exp else {})))
+    for factor in (0.8, 1.2):
+        cases.append((meters, Case("modbus voltage %s" % factor, ['type = "voltage_deviation"\nfactor = %r\n' % factor],
+                                   _voltage_factor_expectations(meters, factor, PHASES))))
+    return cases
+
+
 def run_case(meters, case, expect=None):
     """(named, missing, wrong_wiring, ambiguous, unexpected, invisible) for one case."""
     rig = Rig(site_text(meters, case.bodies))
@@ -366,12 +422,12 @@ def neutral_visible(rig, mid):
     return big > 1.0 and abs(m.I_L - m.I_N) / big > 0.10
 
 
-def matrix(pfs=((0.9, "lagging"),), pairs=True):
-    """Run every case; figures and the lists of failures."""
+def matrix(pfs=((0.9, "lagging"),), pairs=True, cases=None):
+    """Run every case (the DL/T 645 matrix, or `cases`); figures and the lists of failures."""
     res = {"cases": 0, "expected": 0, "wiring_named": 0, "wiring_expected": 0, "missing": [], "wrong": [],
            "ambiguous": [],
            "unexpected": [], "invisible": []}
-    for meters, case in matrix_cases(pfs, pairs):
+    for meters, case in (matrix_cases(pfs, pairs) if cases is None else cases):
         named, missing, wrong, amb, unexp, invisible = run_case(meters, case)
         res["invisible"] += invisible
         res["cases"] += 1
@@ -526,3 +582,14 @@ def test_an_exporting_site_is_not_flagged_but_a_single_reversed_phase_still_is()
     rig = Rig(site_text(meters, [wiring_body("f", "abc", ((1, "a"), (-1, "b"), (1, "c")))], exporting=True))
     fs = rig.diagnose("f", {"exporting": True})
     assert [f["code"] for f in fs] == ["ELEC-CURRENT-REVERSED"]
+
+
+def test_modbus_meters_without_status_words_are_found_and_ambiguity_is_said():
+    res = matrix(cases=modbus_cases())
+    assert not res["missing"], res["missing"][:5]
+    assert not res["wrong"], res["wrong"][:5]
+    assert not res["unexpected"], res["unexpected"][:5]
+    # three-wire: exactly the 12 pairs with equal angles (24 wirings) need SW7 and stay ambiguous
+    three_wire = [a for a in res["ambiguous"] if a[1] == "q3"]
+    assert len(three_wire) == 24
+    assert res["wiring_named"] + len(res["ambiguous"]) == res["wiring_expected"]

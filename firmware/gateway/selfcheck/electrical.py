@@ -516,35 +516,51 @@ def _three_phase(kind, els, readings, earlier, cfg, gate, un, meter, position, o
     evidence = {"theta": [_r(t) for t in thetas], "sw7_voltage_reverse": vseq}
     for e in els:
         evidence[e.label] = e.evidence()
-    best = cands[0]
-    correct = None
+    # Candidates that call for the same repair are one verdict: without SW7 a four-wire
+    # meter cannot tell a-b-c with Ia, -Ib, Ic from a-c-b with Ia, -Ic, Ib, but both
+    # say "phase B reversed".
+    verdicts = []
     for c in cands:
-        if _pairing(kind, c["voltages"], c["currents"])[0] == "right" and \
-                not _pairing(kind, c["voltages"], c["currents"])[1]:
-            correct = c
+        how, rev, seq = _pairing(kind, c["voltages"], c["currents"])
+        key = ("right", tuple(rev), seq if vseq is not None else None) if how == "right" else \
+            ("wrong", c["voltages"], c["currents"])
+        for v in verdicts:
+            if v[0] == key:
+                v[1] += c["weight"]
+                break
+        else:
+            verdicts.append([key, c["weight"], c])
+    verdicts.sort(key=lambda v: -v[1])
+    correct = None
+    for v in verdicts:
+        if v[0][0] == "right" and not v[0][1] and not v[0][2]:
+            correct = v
             break
-    if correct is not None and correct["outside"] == 0.0:
+    if correct is not None and correct[2]["outside"] == 0.0:
         best = correct  # the right wiring with an expected power factor: no reason to doubt it
-    elif best["weight"] < cfg["wiring_confidence_min"]:
+    elif verdicts[0][1] < cfg["wiring_confidence_min"]:
         shown = [c for c in cands if c["weight"] >= 0.05][:4]
         evidence["candidates"] = [{"voltages": "".join(c["voltages"]),
                                    "currents": list(wiring_text(c["voltages"], c["currents"])[1].split(", ")),
                                    "load_angle": _r(c["phi"]), "weight": _r(c["weight"], 3)} for c in shown]
         text = "; ".join(_candidate_text(kind, c) for c in shown)
-        code = "ELEC-WIRING-UNCERTAIN" if correct is not None and correct in shown else "ELEC-WIRING-AMBIGUOUS"
-        if code == "ELEC-WIRING-UNCERTAIN":
-            out.append(finding(code, meter, position, evidence, candidates=text))
+        if correct is not None and correct[2] in shown:
+            out.append(finding("ELEC-WIRING-UNCERTAIN", meter, position, evidence, candidates=text))
         else:
-            out.append(finding(code, meter, position, evidence, count=len(shown), candidates=text))
+            out.append(finding("ELEC-WIRING-AMBIGUOUS", meter, position, evidence, count=len(shown),
+                               candidates=text))
         return
-    evidence["load_angle"] = _r(best["phi"])
-    evidence["confidence"] = _r(best["weight"], 3)
-    evidence["wiring"] = {"voltages": "".join(best["voltages"]),
-                          "currents": list(wiring_text(best["voltages"], best["currents"])[1].split(", "))}
-    how, rev, seq = _pairing(kind, best["voltages"], best["currents"])
-    if how == "right":
-        if seq:
+    else:
+        best = verdicts[0]
+    key, weight, c = best
+    evidence["load_angle"] = _r(c["phi"])
+    evidence["confidence"] = _r(weight, 3)
+    evidence["wiring"] = {"voltages": "".join(c["voltages"]),
+                          "currents": list(wiring_text(c["voltages"], c["currents"])[1].split(", "))}
+    if key[0] == "right":
+        if key[2]:
             out.append(finding("ELEC-PHASE-SEQUENCE", meter, position, evidence))
+        rev = key[1]
         if rev and len(rev) == n:
             if not cfg["exporting"]:
                 out.append(finding("ELEC-IN-OUT-REVERSED", meter, position, evidence))
@@ -552,10 +568,10 @@ def _three_phase(kind, els, readings, earlier, cfg, gate, un, meter, position, o
             for k in rev:
                 out.append(finding("ELEC-CURRENT-REVERSED", meter, position, evidence, phase=els[k].label))
         return
-    v, cur = wiring_text(best["voltages"], best["currents"])
+    v, cur = wiring_text(c["voltages"], c["currents"])
     cv, cc = wiring_text(*_correct(kind))
     out.append(finding("ELEC-WIRING", meter, position, evidence, voltages=v, currents=cur,
-                       confidence=int(best["weight"] * 100), correct_voltages=cv, correct_currents=cc))
+                       confidence=int(weight * 100), correct_voltages=cv, correct_currents=cc))
 
 
 def _fallback(kind, els, readings, earlier, cfg, gate, vseq, meter, position, out):
