@@ -4,7 +4,9 @@ Starts the meter-bus simulator on the demo site (or --site) on free loopback
 ports, writes a config.json for the site's meters into a temporary flash
 directory, boots the virtual board on the simulator's bus, and shows what the
 gateway prints (its READING and HEALTH console lines) as a table until Ctrl-C,
-SIGTERM or --duration. Then everything it started is stopped.
+SIGTERM or --duration. The back office's ingest stores what reaches the broker
+in build/demo-backoffice.db (new every run); the demo ends with today's
+collection success for the site. Then everything it started is stopped.
 
 Without a terminal (CI, a pipe) the table is printed once per poll cycle
 instead of redrawn in place; nothing is read from stdin.
@@ -12,7 +14,9 @@ instead of redrawn in place; nothing is read from stdin.
 
 from __future__ import annotations
 
+import pathlib
 import signal
+import threading
 import time
 
 import click
@@ -158,6 +162,56 @@ class _Stop(Exception):
 
 
 DEMO_DEVICE = "demo-gw"
+DEMO_DB = pathlib.Path("build") / "demo-backoffice.db"
+
+
+class DemoBackoffice:
+    """The back office's ingest (metergate.backoffice) in a thread, into a fresh SQLite file."""
+
+    def __init__(self, broker_url, site, db_path=DEMO_DB):
+        from metergate.backoffice.imports import set_collector
+        from metergate.backoffice.ingest import Ingest
+        from metergate.backoffice.store import Store
+
+        db_path = pathlib.Path(db_path)
+        db_path.parent.mkdir(parents=True, exist_ok=True)
+        # a new virtual gateway starts its seq at 1 again: an old file would take its readings for duplicates
+        for suffix in ("", "-wal", "-shm"):
+            pathlib.Path(str(db_path) + suffix).unlink(missing_ok=True)
+        self.url = "sqlite:///%s" % db_path
+        self.site = site
+        store = Store(self.url).connect()
+        try:
+            set_collector(store, DEMO_DEVICE, kind="wireless", site=site.name)
+        finally:
+            store.close()
+        self.ingest = Ingest(broker_url, self.url, client_id="metergate-demo-backoffice")
+        self.thread = threading.Thread(target=self.ingest.run, name="backoffice-ingest", daemon=True)
+
+    def start(self, timeout=10.0):
+        self.thread.start()
+        if not self.ingest.subscribed.wait(timeout):
+            raise click.ClickException("the back office's ingest did not subscribe within %.0f s" % timeout)
+        return self
+
+    def stop(self, drain_s=3.0):
+        deadline = time.monotonic() + drain_s
+        while not self.ingest.inbox.empty() and time.monotonic() < deadline:
+            time.sleep(0.05)  # what already arrived is committed before stopping
+        self.ingest.stop()
+        self.thread.join(10)
+
+    def summary(self, console):
+        """Today's collection success for the site, from the database the ingest filled."""
+        from metergate.backoffice import status
+
+        data = status.gather(self.url)
+        console.print(status.render(data))
+        rates = data["sites"].get(self.site.name, {}).get("wireless", {"ok": 0, "total": 0})
+        mine = [c for c in data["collectors"] if c["collector"] == DEMO_DEVICE]
+        read = "%d/%d" % (mine[0]["meters_collected"], mine[0]["meters"]) if mine else "0/0"
+        console.print("collection success today 今日采集成功率 (%s, %s): collectors %d/%d, meters read 已采表 %s"
+                      % (data["day"], self.site.name, rates["ok"], rates["total"], read))
 
 
 def _mqtt_messages(probe):
@@ -196,9 +250,11 @@ def run_demo(site_path, duration=None, interval=2.0, console=None, workdir=None)
     console = console or Console()
     view = DemoView(site)
     extra = {"health_interval_s": max(2, int(interval))}
-    broker = probe = None
+    from metergate.backoffice.ingest import BROKER_SETTINGS
+
+    broker = probe = backoffice = None
     try:
-        broker = Broker().start()
+        broker = Broker(extra_config=BROKER_SETTINGS).start()
         extra.update(device_id=DEMO_DEVICE, mqtt={"url": broker.url, "keepalive_s": 30})
     except BrokerNotFound as exc:
         console.print("[yellow]no MQTT broker: %s; showing the gateway's console instead[/]" % exc)
@@ -217,6 +273,7 @@ def run_demo(site_path, duration=None, interval=2.0, console=None, workdir=None)
             probe = MqttProbe(broker.url, client_id="metergate-demo").connect()
             probe.subscribe("metergate/v1/%s/#" % DEMO_DEVICE, qos=1)
             view.source = "MQTT %s" % broker.url
+            backoffice = DemoBackoffice(broker.url, site).start()
         bench.start()
         console.print("simulator %s (control %s), gateway flash %s%s" % (
             bench.sim_url, bench.control_url, bench.flash,
@@ -264,11 +321,15 @@ def run_demo(site_path, duration=None, interval=2.0, console=None, workdir=None)
         bench.stop()
         if probe is not None:
             probe.disconnect()
+        if backoffice is not None:
+            backoffice.stop()
         if broker is not None:
             broker.stop()
         for s, handler in old.items():
             signal.signal(s, handler)
     console.print("metergate demo: stopped the simulator and the virtual gateway")
+    if backoffice is not None:
+        backoffice.summary(console)
     return view
 
 

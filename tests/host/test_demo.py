@@ -1,6 +1,8 @@
 """`metergate demo` as a user runs it, without a terminal: it shows the demo
-meters' readings, names the miswired meter (m2), exits 0 and leaves no
-process behind, both after --duration and after Ctrl-C (SIGINT)."""
+meters' readings, names the miswired meter (m2), stores what reached the
+broker through the back office's ingest and ends with today's collection
+success, exits 0 and leaves no process behind, both after --duration and
+after Ctrl-C (SIGINT)."""
 
 import pathlib
 import signal
@@ -85,7 +87,19 @@ def test_demo_runs_for_its_duration_and_cleans_up(tmp_path):
     # the readings shown are what reached the broker, every one within the MQTT contract
     assert "as received from MQTT mqtt://127.0.0.1:" in text
     assert "broke the contract" not in text
-    assert text.rstrip().endswith("stopped the simulator and the virtual gateway")
+    assert "stopped the simulator and the virtual gateway" in text
+    # the back office stored the readings and judged today: every meter read, the gateway collected
+    last = text.rstrip().splitlines()[-1]
+    assert last.startswith("collection success today 今日采集成功率 (")
+    assert last.endswith("Demo estate, building 3, unit 1): collectors 1/1, meters read 已采表 6/6")
+    from metergate.backoffice.store import Store
+
+    with Store("sqlite:///%s" % (tmp_path / "build" / "demo-backoffice.db")).connect() as db:
+        stored = db.query("SELECT COUNT(*), COUNT(DISTINCT meter) FROM readings WHERE device = 'demo-gw'")[0]
+        assert stored[0] >= 6 and stored[1] == 6
+        assert db.query("SELECT COUNT(*) FROM quarantine")[0][0] == 0
+        assert db.query("SELECT state FROM gateway_events WHERE device = 'demo-gw' ORDER BY id")[0] == ("online",)
+    assert "quarantined messages 隔离消息: 0" in text
     assert not list(tmp_path.glob("metergate-demo-*"))
 
 
@@ -94,3 +108,4 @@ def test_ctrl_c_stops_the_demo_cleanly(tmp_path):
     assert code == 0, text
     assert left == [], "left behind: %s" % left
     assert "stopped the simulator and the virtual gateway" in text
+    assert "collection success today" in text.rstrip().splitlines()[-1]
