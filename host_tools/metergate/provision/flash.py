@@ -6,7 +6,8 @@ ROM-bootloader reach: everything here builds an exact argv for esptool (the
 runs it, and reads its output. Tests check the argv and the parsing without a
 chip; docs/installer-guide.md lists the commands.
 
-Commands run, in order (``P`` the port, ``IMG`` the image, ``OFF`` its offset):
+Commands run on a real board, in order (``P`` the port, ``IMG`` the image,
+``OFF`` its offset); read-mac always, the rest only when an image is given:
 
     python -m esptool --port P --chip auto --connect-attempts N read-mac
     python -m esptool --port P --chip CHIP --connect-attempts N verify-flash OFF IMG

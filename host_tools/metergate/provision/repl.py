@@ -283,7 +283,17 @@ def reboot_and_watch(port: str, platform: str, timeout: float = 30.0, mqtt_wait_
         running_at = None
         buf = b""
         while time.monotonic() < deadline:
-            chunk = ser.read(4096)
+            try:
+                chunk = ser.read(4096)
+            except (OSError, serial.SerialException):
+                # a chip with native USB drops off the bus while it resets: open the port again
+                ser.close()
+                time.sleep(0.5)
+                try:
+                    ser.open()
+                except (OSError, serial.SerialException):
+                    pass
+                continue
             if chunk:
                 buf += chunk
                 *lines, buf = buf.split(b"\n")

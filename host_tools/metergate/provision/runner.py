@@ -158,22 +158,23 @@ def provision_board(port: str, plan: Plan, device_id: str | None = None, progres
             image_hash = esptool.image_sha256(plan.image)
         if info is not None and info.virtual:
             step("flash", "skipped", "virtual board: its firmware is the host's MicroPython")
-        elif plan.image is None and info is not None:
-            step("flash", "skipped", "no --image given, MicroPython %s kept" % info.version)
         else:
+            # a chip: esptool names it and reads its MAC (and resets it), then the image if one is given
             step("flash", "running", "esptool read-mac")
             chip = esptool.identify(port)
             if plan.board is not None and plan.board["chip"] != chip.chip:
                 raise ProvisionError("the chip is %s (%s) but board %s is an %s"
                                      % (chip.chip, chip.description, plan.board["name"], plan.board["chip"]))
-            step("flash", "running", "esptool verify/write %s" % plan.image.name)
-            what = esptool.flash_image(port, chip.chip, plan.image, erase=plan.erase)
-            if what == "written":
-                res.changed.append("firmware")
-                time.sleep(2.0)  # MicroPython's first boot makes its filesystem
-            repl = Repl(port)
-            info = repl.probe()
-            step("flash", "done", "%s: image %s" % (chip.description, what))
+            what = "kept (no --image)"
+            if plan.image is not None:
+                step("flash", "running", "esptool verify/write %s" % plan.image.name)
+                what = esptool.flash_image(port, chip.chip, plan.image, erase=plan.erase)
+                if what == "written":
+                    res.changed.append("firmware")
+                    time.sleep(2.0)  # MicroPython's first boot makes its filesystem
+            repl = Repl(port)  # esptool reset the chip: a fresh session interrupts the app again
+            info = repl.probe(timeout=plan.probe_timeout)
+            step("flash", "done", "%s: MicroPython image %s" % (chip.description, what))
 
         # 3. who it is
         if chip is not None:
