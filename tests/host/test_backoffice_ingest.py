@@ -266,6 +266,9 @@ def test_four_processes_on_a_shared_subscription_store_each_reading_once(broker,
     messages = traffic.readings_stream(devices, 8, 4000)
     group = unique("grp")
     ids = [unique("ingest") for _ in range(4)]
+    # a retained birth: mosquitto hands it to every member as it subscribes; one event must come of it
+    traffic.publish(broker.url, [traffic.message(devices[0], "status", traffic.status(devices[0], boot_count=5))],
+                    retain=True)
     procs = [start_ingest(broker, db_url, cid, tmp_path, group=group) for cid in ids]
     publisher = Publisher(broker.url, messages)
     publisher.start()
@@ -286,6 +289,9 @@ def test_four_processes_on_a_shared_subscription_store_each_reading_once(broker,
         shares.append(int(m.group(1)))
     assert all(n > 0 for n in shares), "every process took a share: %s" % shares
     assert_exactly_once(db_url, messages)
+    with Store(db_url).connect() as s:
+        assert s.query("SELECT state, boot_count FROM gateway_events WHERE device = ?", (devices[0],)) == [
+            ("online", 5)]
 
 
 def _mutations(body):

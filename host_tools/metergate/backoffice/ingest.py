@@ -243,6 +243,10 @@ class BatchWriter:
         """Gateway state now; an event when it changed (a redelivered or retained
         copy of the last status is not a new event)."""
         s = self.store
+        if s.dialect == "postgresql":
+            # several processes of a group may get the same retained status at once: one at a time per
+            # gateway (SQLite's write lock already serialises the whole transaction)
+            s.execute("SELECT pg_advisory_xact_lock(hashtext(?))", ("metergate-status:" + body["device"],))
         last = s.query("SELECT state, boot_count FROM gateway_events WHERE device = ? ORDER BY id DESC LIMIT 1",
                        (body["device"],))
         if last and (last[0][0], last[0][1]) == (body["state"], body["boot_count"]):
