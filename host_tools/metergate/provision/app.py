@@ -107,7 +107,11 @@ def build(mpy_cross: str, root: pathlib.Path = FIRMWARE_DIR, cache: pathlib.Path
                     shutil.rmtree(tmp, ignore_errors=True)
                     raise AppError("mpy-cross rejected %s: %s" % (rel, (proc.stderr or proc.stdout).strip()))
             (tmp / ".complete").write_text("")
-            shutil.rmtree(out, ignore_errors=True)
             out.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(tmp, out)
+            try:
+                os.rename(tmp, out)  # only whole builds ever appear under their key
+            except OSError:
+                shutil.rmtree(tmp, ignore_errors=True)  # another process (a parallel test) finished it first
+                if not (out / ".complete").exists():
+                    raise AppError("app cache %s is in a bad state: remove it" % out)
     return {p.relative_to(out).as_posix(): p for p in sorted(out.rglob("*")) if p.is_file() and p.name != ".complete"}
