@@ -335,11 +335,16 @@ def _window_distance(phi, lo, hi, exporting):
     return best
 
 
-def identify(kind, thetas, reverse_sequence, cfg):
-    """Rank the wiring hypotheses for element angles `thetas` (degrees).
-    Returns a list of candidates, best first, each a dict: voltages,
-    currents, phi (implied load angle), spread, outside (degrees outside the
-    expected window), weight; the weights sum to 1."""
+def identify(kind, powers, reverse_sequence, cfg):
+    """Rank the wiring hypotheses for the elements' (P, Q). Returns a list of
+    candidates, best first, each a dict: voltages, currents, phi (implied
+    load angle), spread, outside (degrees outside the expected window),
+    weight; the weights sum to 1.
+
+    phi of a hypothesis is the angle of the total power the meter would
+    measure were it wired right (each element's power turned back by the
+    hypothesis's offset and on by the right wiring's): for a three-wire
+    meter that is the two-wattmeter total, exact for any unbalance."""
     acos = math.acos
     e_lo = -acos(cfg["pf_leading_min"]) * _DEG
     e_hi = acos(cfg["pf_lagging_min"]) * _DEG
@@ -348,7 +353,15 @@ def identify(kind, thetas, reverse_sequence, cfg):
     tol = cfg["angle_tolerance_deg"]
     exporting = cfg["exporting"]
     out = []
-    n = len(thetas)
+    n = len(powers)
+    thetas = [math.atan2(q, p) * _DEG for p, q in powers]
+    mags = [math.sqrt(p * p + q * q) for p, q in powers]
+    right = _correct(kind)
+    d_right = None
+    for volts, currents, d in _hypotheses(kind, None):
+        if volts == right[0] and currents == right[1]:
+            d_right = d
+            break
     for volts, currents, d in _hypotheses(kind, reverse_sequence):
         if exporting and currents[0][0] < 0:
             continue  # an exporting site cannot tell a wiring from its mirror: keep one of each pair
@@ -357,8 +370,9 @@ def identify(kind, thetas, reverse_sequence, cfg):
         for k in range(n):
             ph = thetas[k] - d[k]
             phis.append(ph)
-            sx += math.cos(ph / _DEG)
-            sy += math.sin(ph / _DEG)
+            a = (ph + d_right[k]) / _DEG
+            sx += mags[k] * math.cos(a)
+            sy += mags[k] * math.sin(a)
         phi = math.atan2(sy, sx) * _DEG
         spread = 0.0
         for ph in phis:
@@ -506,7 +520,7 @@ def _three_phase(kind, els, readings, earlier, cfg, gate, un, meter, position, o
     cands = None
     if reason is None:
         thetas = [math.atan2(e.q, e.p) * _DEG for e in els]
-        cands = identify(kind, thetas, vseq, cfg)
+        cands = identify(kind, [(e.p, e.q) for e in els], vseq, cfg)
         if not cands:
             reason = "fits_no_wiring"
     if reason is not None:
