@@ -237,3 +237,16 @@ def test_status_and_imports_through_the_cli(tmp_path):
         assert text in table.output, text
     missing = runner.invoke(main, ["backoffice", "work-order", "WO-9", "--db", url])
     assert missing.exit_code == 1 and "no work order 'WO-9'" in missing.output
+
+
+def test_cli_refuses_bad_urls_and_zones_naming_them(tmp_path):
+    runner = CliRunner()
+    db = "sqlite:///%s" % (tmp_path / "bo.db")
+    res = runner.invoke(main, ["backoffice", "status", "--db", "mysql://db/x"])
+    assert res.exit_code == 2 and "--db" in res.output and "unsupported database URL scheme 'mysql'" in res.output
+    res = runner.invoke(main, ["backoffice", "ingest", "--broker", "http://broker", "--db", db])
+    assert res.exit_code == 2 and "not an MQTT URL" in res.output and "'http://broker'" in res.output
+    res = runner.invoke(main, ["backoffice", "status", "--db", db, "--tz", "Mars/Base"])
+    assert res.exit_code == 2 and "unknown time zone 'Mars/Base'" in res.output
+    res = runner.invoke(main, ["backoffice", "status", "--db", "sqlite:///%s/none/bo.db" % tmp_path])
+    assert res.exit_code == 1 and "does not exist" in res.output

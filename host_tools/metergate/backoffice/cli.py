@@ -8,9 +8,19 @@ import signal
 
 import click
 
-from metergate.backoffice.store import DEFAULT_URL, StoreError
+from metergate.backoffice.store import DEFAULT_URL, StoreError, parse_db_url
+
+
+def _db_url(ctx, param, value):
+    try:
+        parse_db_url(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx=ctx, param=param)
+    return value
+
 
 db_option = click.option("--db", "db_url", default=DEFAULT_URL, show_default=True, envvar="METERGATE_DB",
+                         callback=_db_url,
                          help="sqlite:///FILE (or a file path) or postgresql://USER@HOST:PORT/DB.")
 tz_option = click.option("--tz", default=None, envvar="METERGATE_TZ",
                          help="Time zone of collection days [default: Asia/Shanghai].")

@@ -327,6 +327,9 @@ class Ingest:
         if not self._stop.is_set():
             log.warning("lost the broker %s (%s); reconnecting", self.broker_url, reason_code)
 
+    def _on_connect_fail(self, client, userdata):
+        log.warning("cannot reach the broker %s; retrying", self.broker_url)
+
     def _on_message(self, client, userdata, msg):
         self.inbox.put((self._generation, msg))
 
@@ -344,6 +347,7 @@ class Ingest:
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
+        client.on_connect_fail = self._on_connect_fail
         return client
 
     def _connect_store(self):

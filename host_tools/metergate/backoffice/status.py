@@ -11,7 +11,7 @@ import time
 
 from metergate.backoffice import success
 from metergate.backoffice.rule import CollectionRule
-from metergate.backoffice.store import open_store
+from metergate.backoffice.store import using_store
 
 
 def gather(db_url, rule=None, day=None, now=None):
@@ -19,30 +19,30 @@ def gather(db_url, rule=None, day=None, now=None):
     rule = rule or CollectionRule()
     day = day or rule.today()
     now = int(time.time()) if now is None else now
-    store = open_store(db_url)
-    gateways = [
-        {"device": d, "state": state or "unknown", "fw": fw, "boot_count": boot, "since": state_at,
-         "last_seen": seen, "last_seen_ago_s": None if seen is None else max(0, now - seen)}
-        for d, state, fw, boot, state_at, seen in store.query(
-            "SELECT device, state, fw, boot_count, state_at, last_seen FROM gateways ORDER BY device")]
-    collectors = []
-    for c in success.collector_days(store, day, day):
-        ok, total = c.ok_total
-        collectors.append({"collector": c.collector_id, "kind": c.kind, "site": c.site,
-                           "meters": c.meters, "meters_collected": c.meters_collected,
-                           "collected": c.collected,
-                           "rate": success.Rate(ok, total).as_dict()})
-    sites = {site: {kind: rate.as_dict() for kind, rate in rates.items()}
-             for site, rates in sorted(success.site_day(store, day).items())}
-    quarantined = store.query("SELECT COUNT(*) FROM quarantine")[0][0]
-    recent = [{"received_at": t, "topic": topic, "reason": reason}
-              for t, topic, reason in store.query(
-                  "SELECT received_at, topic, reason FROM quarantine ORDER BY id DESC LIMIT 5")]
-    readings = store.query("SELECT COUNT(*) FROM readings")[0][0]
-    return {"database": store.display_url, "schema_version": store.schema_version(),
-            "day": day.isoformat(), "rule": rule.describe(), "readings": readings,
-            "gateways": gateways, "sites": sites, "collectors": collectors,
-            "quarantine": {"count": quarantined, "latest": recent}}
+    with using_store(db_url) as store:
+        gateways = [
+            {"device": d, "state": state or "unknown", "fw": fw, "boot_count": boot, "since": state_at,
+             "last_seen": seen, "last_seen_ago_s": None if seen is None else max(0, now - seen)}
+            for d, state, fw, boot, state_at, seen in store.query(
+                "SELECT device, state, fw, boot_count, state_at, last_seen FROM gateways ORDER BY device")]
+        collectors = []
+        for c in success.collector_days(store, day, day):
+            ok, total = c.ok_total
+            collectors.append({"collector": c.collector_id, "kind": c.kind, "site": c.site,
+                               "meters": c.meters, "meters_collected": c.meters_collected,
+                               "collected": c.collected,
+                               "rate": success.Rate(ok, total).as_dict()})
+        sites = {site: {kind: rate.as_dict() for kind, rate in rates.items()}
+                 for site, rates in sorted(success.site_day(store, day).items())}
+        quarantined = store.query("SELECT COUNT(*) FROM quarantine")[0][0]
+        recent = [{"received_at": t, "topic": topic, "reason": reason}
+                  for t, topic, reason in store.query(
+                      "SELECT received_at, topic, reason FROM quarantine ORDER BY id DESC LIMIT 5")]
+        readings = store.query("SELECT COUNT(*) FROM readings")[0][0]
+        return {"database": store.display_url, "schema_version": store.schema_version(),
+                "day": day.isoformat(), "rule": rule.describe(), "readings": readings,
+                "gateways": gateways, "sites": sites, "collectors": collectors,
+                "quarantine": {"count": quarantined, "latest": recent}}
 
 
 def _ago(seconds):

@@ -268,8 +268,14 @@ class Store:
         return "BINARY" if self.dialect == "sqlite" else '"C"'
 
 
-def open_store(db) -> Store:
-    """A connected Store from a URL (or the Store itself, connected if it is not)."""
+@contextlib.contextmanager
+def using_store(db):
+    """A connected Store for a URL, closed afterwards; a Store given is used (and left open)."""
     if isinstance(db, Store):
-        return db if db.conn is not None else db.connect()
-    return Store(db).connect()
+        yield db if db.conn is not None else db.connect()
+        return
+    store = Store(db).connect()
+    try:
+        yield store
+    finally:
+        store.close()

@@ -18,7 +18,7 @@ import dataclasses
 import datetime
 
 from metergate.backoffice.rule import CollectionRule
-from metergate.backoffice.store import open_store
+from metergate.backoffice.store import using_store
 
 
 def _day(value) -> datetime.date:
@@ -45,21 +45,21 @@ def meter_days(db_url, start_day, end_day):
     ordered by meter_id then day. Streams: memory grows with the number of
     meters, not meters x days."""
     days = _days(start_day, end_day)
-    store = open_store(db_url)
-    meters = sorted(store.query("SELECT meter_id, collector_id FROM meters"))
-    rows = store.iterate(
-        "SELECT meter_id, day FROM collected_days WHERE day >= ? AND day <= ? GROUP BY meter_id, day "
-        "HAVING MAX(collected) = 1 ORDER BY meter_id COLLATE %s, day" % store.bytewise,
-        (days[0].isoformat(), days[-1].isoformat()))
-    pending = next(rows, None)
-    for meter, collector in meters:
-        got = set()
-        while pending is not None and pending[0] <= meter:
-            if pending[0] == meter:
-                got.add(pending[1])
-            pending = next(rows, None)
-        for day in days:
-            yield meter, collector, day, day.isoformat() in got
+    with using_store(db_url) as store:
+        meters = sorted(store.query("SELECT meter_id, collector_id FROM meters"))
+        rows = store.iterate(
+            "SELECT meter_id, day FROM collected_days WHERE day >= ? AND day <= ? GROUP BY meter_id, day "
+            "HAVING MAX(collected) = 1 ORDER BY meter_id COLLATE %s, day" % store.bytewise,
+            (days[0].isoformat(), days[-1].isoformat()))
+        pending = next(rows, None)
+        for meter, collector in meters:
+            got = set()
+            while pending is not None and pending[0] <= meter:
+                if pending[0] == meter:
+                    got.add(pending[1])
+                pending = next(rows, None)
+            for day in days:
+                yield meter, collector, day, day.isoformat() in got
 
 
 @dataclasses.dataclass
@@ -86,19 +86,19 @@ class CollectorDay:
 
 def collector_days(db_url, start_day, end_day):
     """CollectorDay for every collector (with its registered meters) and day, ordered by collector, day."""
-    store = open_store(db_url)
-    info = {cid: (kind, site) for cid, kind, site in store.query("SELECT collector_id, kind, site FROM collectors")}
-    tally = {}
-    for _meter, collector, day, collected in meter_days(store, start_day, end_day):
-        t = tally.setdefault((collector, day), [0, 0])
-        t[0] += 1
-        t[1] += collected
-    days = _days(start_day, end_day)
-    for cid in sorted(info):
-        kind, site = info[cid]
-        for day in days:
-            total, ok = tally.get((cid, day), (0, 0))
-            yield CollectorDay(cid, kind, site, day, total, ok)
+    with using_store(db_url) as store:
+        info = {cid: (kind, site) for cid, kind, site in store.query("SELECT collector_id, kind, site FROM collectors")}
+        tally = {}
+        for _meter, collector, day, collected in meter_days(store, start_day, end_day):
+            t = tally.setdefault((collector, day), [0, 0])
+            t[0] += 1
+            t[1] += collected
+        days = _days(start_day, end_day)
+        for cid in sorted(info):
+            kind, site = info[cid]
+            for day in days:
+                total, ok = tally.get((cid, day), (0, 0))
+                yield CollectorDay(cid, kind, site, day, total, ok)
 
 
 @dataclasses.dataclass
@@ -152,40 +152,40 @@ class UnknownWorkOrder(KeyError):
 def work_order_success(db_url, order_id, rule=None, today=None):
     """Collection success of one closed work order over its window after closing."""
     rule = rule or CollectionRule()
-    store = open_store(db_url)
-    row = store.query("SELECT kind, closed_at FROM work_orders WHERE order_id = ?", (order_id,))
-    if not row:
-        raise UnknownWorkOrder("no work order %r in %s" % (order_id, store.display_url))
-    kind, closed_at = row[0]
-    closing_day = rule.day_of(closed_at)
-    window = (closing_day + datetime.timedelta(days=1), closing_day + datetime.timedelta(days=rule.window_days))
-    today = today or rule.today()
-    items = store.query("SELECT collector_id, meter_id FROM work_order_items WHERE order_id = ? "
-                        "ORDER BY collector_id, meter_id", (order_id,))
-    collectors = {c for c, _ in items}
-    per_meter = {}
-    for meter, collector, day, collected in meter_days(store, window[0], window[1]):
-        if collector in collectors:
-            per_meter.setdefault(meter, [collector, True])[1] &= collected
-    result = []
-    if kind == "wireless":
-        for collector, _ in items:
-            mine = {m: ok for m, (c, ok) in per_meter.items() if c == collector}
-            missed = sorted(m for m, ok in mine.items() if not ok)
-            ok = bool(mine) and not missed
-            detail = ("no meters registered" if not mine else
-                      "all %d meters read" % len(mine) if ok else "not read: %s" % ", ".join(missed))
-            result.append((collector, "", ok, detail))
-    else:
-        for collector, meter in items:
-            state = per_meter.get(meter)
-            if state is None:
-                result.append((collector, meter, False, "meter not registered under this collector"))
-            else:
-                result.append((collector, meter, state[1], "read every day" if state[1] else "not read"))
-    ok = sum(1 for r in result if r[2])
-    return WorkOrderResult(order_id, kind, closed_at, window, "pending" if today <= window[1] else "measured",
-                           Rate(ok, len(result)), result)
+    with using_store(db_url) as store:
+        row = store.query("SELECT kind, closed_at FROM work_orders WHERE order_id = ?", (order_id,))
+        if not row:
+            raise UnknownWorkOrder("no work order %r in %s" % (order_id, store.display_url))
+        kind, closed_at = row[0]
+        closing_day = rule.day_of(closed_at)
+        window = (closing_day + datetime.timedelta(days=1), closing_day + datetime.timedelta(days=rule.window_days))
+        today = today or rule.today()
+        items = store.query("SELECT collector_id, meter_id FROM work_order_items WHERE order_id = ? "
+                            "ORDER BY collector_id, meter_id", (order_id,))
+        collectors = {c for c, _ in items}
+        per_meter = {}
+        for meter, collector, day, collected in meter_days(store, window[0], window[1]):
+            if collector in collectors:
+                per_meter.setdefault(meter, [collector, True])[1] &= collected
+        result = []
+        if kind == "wireless":
+            for collector, _ in items:
+                mine = {m: ok for m, (c, ok) in per_meter.items() if c == collector}
+                missed = sorted(m for m, ok in mine.items() if not ok)
+                ok = bool(mine) and not missed
+                detail = ("no meters registered" if not mine else
+                          "all %d meters read" % len(mine) if ok else "not read: %s" % ", ".join(missed))
+                result.append((collector, "", ok, detail))
+        else:
+            for collector, meter in items:
+                state = per_meter.get(meter)
+                if state is None:
+                    result.append((collector, meter, False, "meter not registered under this collector"))
+                else:
+                    result.append((collector, meter, state[1], "read every day" if state[1] else "not read"))
+        ok = sum(1 for r in result if r[2])
+        return WorkOrderResult(order_id, kind, closed_at, window, "pending" if today <= window[1] else "measured",
+                               Rate(ok, len(result)), result)
 
 
 def recompute(db_url, rule, start_day, end_day):
@@ -197,18 +197,18 @@ def recompute(db_url, rule, start_day, end_day):
 
     days = _days(start_day, end_day)
     first, last = days[0].isoformat(), days[-1].isoformat()
-    store = open_store(db_url)
-    # readings carry the poll end `ts`; item times are within the poll, a day of margin is plenty
-    lo, hi = rule.day_start(days[0]) - 86400, rule.day_start(days[-1]) + 2 * 86400
-    found = {}
-    for device, payload in list(store.iterate("SELECT device, payload FROM readings WHERE ts >= ? AND ts < ?",
-                                              (lo, hi))):
-        body = json.loads(payload)
-        for day, evidence in rule.collected(body).items():
-            if first <= day <= last:
-                found.setdefault((meter_id(device, body["meter"]), day), evidence)
-    with store.transaction():
-        store.execute("DELETE FROM collected_days WHERE source = 'mqtt' AND day >= ? AND day <= ?", (first, last))
-        store.executemany("INSERT INTO collected_days (meter_id, day, source, collected, evidence) "
-                          "VALUES (?, ?, 'mqtt', 1, ?)", [(m, d, e) for (m, d), e in sorted(found.items())])
-    return len(found)
+    with using_store(db_url) as store:
+        # readings carry the poll end `ts`; item times are within the poll, a day of margin is plenty
+        lo, hi = rule.day_start(days[0]) - 86400, rule.day_start(days[-1]) + 2 * 86400
+        found = {}
+        for device, payload in list(store.iterate("SELECT device, payload FROM readings WHERE ts >= ? AND ts < ?",
+                                                  (lo, hi))):
+            body = json.loads(payload)
+            for day, evidence in rule.collected(body).items():
+                if first <= day <= last:
+                    found.setdefault((meter_id(device, body["meter"]), day), evidence)
+        with store.transaction():
+            store.execute("DELETE FROM collected_days WHERE source = 'mqtt' AND day >= ? AND day <= ?", (first, last))
+            store.executemany("INSERT INTO collected_days (meter_id, day, source, collected, evidence) "
+                              "VALUES (?, ?, 'mqtt', 1, ?)", [(m, d, e) for (m, d), e in sorted(found.items())])
+        return len(found)
