@@ -593,3 +593,14 @@ def test_modbus_meters_without_status_words_are_found_and_ambiguity_is_said():
     three_wire = [a for a in res["ambiguous"] if a[1] == "q3"]
     assert len(three_wire) == 24
     assert res["wiring_named"] + len(res["ambiguous"]) == res["wiring_expected"]
+
+
+def test_the_technicians_page_lists_every_code_of_the_catalogue_and_no_other():
+    import re
+
+    from gateway.selfcheck import findings
+
+    text = (ROOT / "docs" / "selfcheck-codes.md").read_text(encoding="utf-8")
+    listed = set(re.findall(r"^\| `([A-Z]+(?:-[A-Z0-9]+)+)` \| (fault|warning|info) \|", text, re.M))
+    assert listed == {(code, findings.severity(code)) for code in findings.codes()}
+    assert "CHECK-SKIPPED" in text

@@ -585,7 +585,13 @@ def _three_phase(kind, els, readings, earlier, cfg, gate, un, meter, position, o
     v, cur = wiring_text(c["voltages"], c["currents"])
     cv, cc = wiring_text(*_correct(kind))
     out.append(finding("ELEC-WIRING", meter, position, evidence, voltages=v, currents=cur,
-                       confidence=int(weight * 100), correct_voltages=cv, correct_currents=cc))
+                       confidence=int(weight * 100), load_pf=_load_pf(c["phi"]), correct_voltages=cv,
+                       correct_currents=cc))
+
+
+def _load_pf(phi):
+    """'cos φ 0.90, φ 25.8°': the load the identification assumed, the same in both languages."""
+    return "cos φ %.2f, φ %.1f°" % (math.cos(phi / _DEG), _wrap(phi))
 
 
 def _fallback(kind, els, readings, earlier, cfg, gate, vseq, meter, position, out):

@@ -141,9 +141,9 @@ CATALOGUE = (
      "断电后对调表计 {phase} 相电流进、出线。",
      "With the supply off, swap the meter's phase {phase} current in and out leads."),
     ("ELEC-WIRING", FAULT,
-     "接线错误：电压端子 1-2-3 接 {voltages}，电流元件接 {currents}（可信度 {confidence}%）。",
+     "接线错误：电压端子 1-2-3 接 {voltages}，电流元件接 {currents}（可信度 {confidence}%，按负载 {load_pf} 判断）。",
      "Miswired: voltage terminals 1-2-3 carry {voltages}; the current elements carry {currents} "
-     "(confidence {confidence}%).",
+     "(confidence {confidence}%, judged for a load at {load_pf}).",
      "断电后按接线图改正：每个元件的电流须与其电压同相且方向正确（正确接线：电压 {correct_voltages}，电流 "
      "{correct_currents}）。",
      "With the supply off, rewire to the diagram: each element's current must be its own voltage's phase, in "
