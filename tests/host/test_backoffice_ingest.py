@@ -343,3 +343,20 @@ def test_fast_contract_check_agrees_with_the_reference_validator():
                 contract.validate(kind, raw)
             assert str(exc.value) == str(ref.value)
     assert checked > 300 and refused > 250
+
+
+def test_a_message_the_database_refuses_is_quarantined_not_blocking(db_url):
+    from metergate.backoffice.ingest import BatchWriter, classify
+    from metergate.backoffice.rule import CollectionRule
+
+    huge = traffic.reading("gw-big", "m1", 2 ** 70, ts=1795456800)  # valid JSON Schema, beyond BIGINT
+    records = [classify(*traffic.message("gw-big", "reading", traffic.reading("gw-big", "m1", n, ts=1795456800)))
+               for n in (1, 2)]
+    records.insert(1, classify(*traffic.message("gw-big", "reading", huge)))
+    assert [r.kind for r in records] == ["reading"] * 3
+    with Store(db_url).connect() as s:
+        BatchWriter(s, CollectionRule(tz="UTC")).write_or_quarantine(records)
+        assert s.query("SELECT seq FROM readings ORDER BY seq") == [(1,), (2,)]
+        (reason, payload), = s.query("SELECT reason, payload FROM quarantine")
+        assert reason.startswith("reading: refused by the database: ")
+        assert bytes(payload) == records[1].payload

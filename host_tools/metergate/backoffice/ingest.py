@@ -33,7 +33,7 @@ import time
 
 from metergate import contract
 from metergate.backoffice.rule import CollectionRule
-from metergate.backoffice.store import Store, Unavailable
+from metergate.backoffice.store import Store, StoreError, Unavailable
 
 log = logging.getLogger("metergate.backoffice.ingest")
 
@@ -239,6 +239,27 @@ class BatchWriter:
         for r in records:
             self.counts[r.kind] += 1
 
+    def write_or_quarantine(self, records, received_at=None):
+        """write(), except that a message the database itself refuses (a number
+        beyond its integer range, ...) goes to quarantine with the database's
+        reason instead of blocking every message behind it. Unavailable
+        (down, locked) still propagates: that is retried, not judged."""
+        try:
+            self.write(records, received_at)
+            return
+        except Unavailable:
+            raise
+        except (StoreError, OverflowError) as exc:
+            log.warning("the database refused a batch (%s); writing its %d messages one by one", exc, len(records))
+        for r in records:
+            try:
+                self.write([r], received_at)
+            except Unavailable:
+                raise
+            except (StoreError, OverflowError) as exc:
+                self.write([Record("quarantine", r.device, topic=r.topic, payload=r.payload,
+                                   reason="%s: refused by the database: %s" % (r.kind, exc))], received_at)
+
     def _status(self, body, now):
         """Gateway state now; an event when it changed (a redelivered or retained
         copy of the last status is not a new event)."""
@@ -389,7 +410,7 @@ class Ingest:
             try:
                 if self.store.conn is None:
                     self.store.connect()
-                self.writer.write(records)
+                self.writer.write_or_quarantine(records)
                 return True
             except Unavailable as exc:
                 self.retries += 1
