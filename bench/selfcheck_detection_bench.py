@@ -71,13 +71,17 @@ def false_alarms():
 def sweep():
     print("   wiring faults under loads outside the expected window (lagging >= %.2f, leading >= %.2f):"
           % (electrical.DEFAULTS["pf_lagging_min"], electrical.DEFAULTS["pf_leading_min"]))
-    print("      %-12s %8s %8s %10s %10s" % ("load PF", "named", "right", "ambiguous", "wrong"))
+    print("      %-12s %8s %8s %10s %10s %18s" % ("load PF", "wirings", "right", "ambiguous", "wrong",
+                                                   "missed (no alarm)"))
     for pf in SWEEP_PFS:
         cases = [c for c in mx.matrix_cases(pfs=(pf,), pairs=False) if c[1].name.startswith("wiring")]
         res = mx.matrix(cases=cases)
         n = res["wiring_expected"]
-        print("      %-12s %8d %7.1f%% %9.1f%% %9.1f%%" % ("%g %s" % pf, n, pct(res["wiring_named"], n),
-                                                        pct(len(res["ambiguous"]), n), pct(len(res["wrong"]), n)))
+        missed = [m for m in res["missing"] if m[2] == {"ELEC-WIRING"}]
+        silent = [m for m in missed if not set(m[3]) - {"CHECK-SKIPPED", "ELEC-NO-LOAD"}]
+        print("      %-12s %8d %7.1f%% %9.1f%% %9.1f%% %9.1f%% (%.1f%%)" % (
+            "%g %s" % pf, n, pct(res["wiring_named"], n), pct(len(res["ambiguous"]), n), pct(len(res["wrong"]), n),
+            pct(len(missed), n), pct(len(silent), n)))
     print("   three-wire clean meters against load unbalance (smallest phase weight / largest), PF 0.82-1 lagging:")
     rng = random.Random(3)
     for low in (1.0, 0.8, 0.6, 0.4, 0.2):

@@ -372,3 +372,21 @@ def test_four_wire_without_sw7_still_names_what_every_fitting_wiring_agrees_on()
     r = four_wire((PHI, PHI, PHI))
     del r["04000507"]
     assert el.diagnose("three-phase-4w", r) == []  # the sequence is unknown: no phase-sequence claim
+
+
+def test_a_dlt645_1997_meter_is_judged_with_what_it_has():
+    # 1997: unsigned current, signed power, no reactive power, no status words, no neutral
+    items = el.needed_items("single-phase", "dlt645-1997")
+    assert items == ("voltage", "current", "power", "energy_forward", "energy_reverse")
+    found = el.diagnose("single-phase", {"voltage": 221.0, "current": 9.1, "power": -1.8})
+    assert codes(found) == ["ELEC-IN-OUT-REVERSED", "CHECK-SKIPPED"]
+    assert "item_missing:neutral_current" in found[1]["message"]["en"]
+    # three-phase: without Q the wiring is not identified; the sign of power per element still is
+    r = four_wire((PHI, PHI + 180, PHI))
+    for k in (0, 1, 2):
+        del r[el._Q_DI[k]]
+    del r["04000507"]
+    found = el.diagnose("three-phase-4w", r)
+    assert codes(found) == ["CHECK-SKIPPED", "ELEC-CURRENT-REVERSED"]
+    assert "item_missing:02040100" in found[0]["message"]["en"]
+    assert found[1]["evidence"]["reasons"] == ["negative_power"]
