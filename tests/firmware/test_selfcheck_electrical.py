@@ -390,3 +390,18 @@ def test_a_dlt645_1997_meter_is_judged_with_what_it_has():
     assert codes(found) == ["CHECK-SKIPPED", "ELEC-CURRENT-REVERSED"]
     assert "item_missing:02040100" in found[0]["message"]["en"]
     assert found[1]["evidence"]["reasons"] == ["negative_power"]
+
+
+def test_findings_go_to_json_as_they_are():
+    import json
+
+    cases = (("single-phase", single(theta=PHI + 180, i_n=6.0)),
+             ("three-phase-4w", four_wire((PHI + 120, PHI + 240, PHI))),
+             ("three-phase-3w", {"voltage_a": 380.0, "voltage_c": 380.0, "current_a": 10.0, "current_c": 10.0,
+                                 "power_a": 3.0, "power_c": 3.0, "02040100": 0.0, "02040300": 0.0}))
+    for kind, r in cases:
+        found = el.diagnose(kind, r, meter="m9", position=9)
+        assert found
+        back = json.loads(json.dumps(found))
+        assert [f["code"] for f in back] == codes(found)
+        assert back[0]["message"]["zh"] == found[0]["message"]["zh"]

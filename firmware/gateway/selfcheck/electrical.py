@@ -493,7 +493,7 @@ def _single(els, readings, earlier, cfg, gate, meter, position, out):
                                i_l=_r(e.i, 2), i_n=_r(i_n, 2), diff_pct=_r(diff, 0)))
 
 
-def _candidate_text(kind, c):
+def _candidate_text(c):
     v, cur = wiring_text(c["voltages"], c["currents"])
     return "U %s / %s (%d%%)" % (v, cur, int(c["weight"] * 100 + 0.5))
 
@@ -557,7 +557,7 @@ def _three_phase(kind, els, readings, earlier, cfg, gate, un, meter, position, o
         evidence["candidates"] = [{"voltages": "".join(c["voltages"]),
                                    "currents": list(wiring_text(c["voltages"], c["currents"])[1].split(", ")),
                                    "load_angle": _r(c["phi"]), "weight": _r(c["weight"], 3)} for c in shown]
-        text = "; ".join(_candidate_text(kind, c) for c in shown)
+        text = "; ".join(_candidate_text(c) for c in shown)
         if correct is not None and correct[2] in shown:
             out.append(finding("ELEC-WIRING-UNCERTAIN", meter, position, evidence, candidates=text))
         else:
