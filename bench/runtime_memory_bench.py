@@ -33,6 +33,9 @@ def run():
         raise RuntimeError("runtime_memory.py failed:\n" + out.stdout + out.stderr)
     f = line[0].split()
     d = {f[i]: int(f[i + 1]) for i in range(0, len(f), 2)}
+    if d["live_high_water"] <= 0 or d["published"] < POLLS:
+        raise RuntimeError("the polls did not run (no transaction sampled, %d published):\n%s"
+                           % (d["published"], out.stdout))
     code = d["code"] + d["mqtt_code"]
     below = code + d["fakes_code"] + d["fakes_static"]  # everything under the runtime's own data
 
@@ -49,8 +52,8 @@ def run():
           "(%.2f x the %d KB target; none if frozen into flash)"
           % (kb(d["code"]), kb(d["mqtt_code"]), kb(code), code / TARGET, TARGET // 1024))
     print("   after start-up, the runtime's objects: %.1f KB (%.2f x target) = %.1f KB fixed (spool, link, writer "
-          "buffers, the meters' shared Profile %.2f KB) + %.2f KB a meter (Meter object %.2f KB, its prebuilt "
-          "reading pieces %.2f KB)"
+          "buffers, the meters' shared Profile %.2f KB) + %.2f KB a meter (Meter object %.2f KB, its reading head "
+          "%.2f KB)"
           % (kb(data_startup), data_startup / TARGET, kb(d["runtime_static_1"] - per_meter),
              kb(d["meter_profile"]), kb(per_meter), kb(d["meter_obj"]), kb(d["group_out"])))
     print("   during polling, live high-water (collected at every UART wait, one round): %.1f KB of data "

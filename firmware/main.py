@@ -29,15 +29,20 @@ def load_config_checked(path=CONFIG):
     config.json boots on the last good one (config.good.json), else on the
     defaults. Never raises: if the loader itself fails, the defaults."""
     try:
-        from gateway import config as cf
-
-        files = cf.FlashFiles()
-        got = cf.load(files.read, (path,), cf.GOOD, files.write, files.rename, files.remove)
+        got = _load(path)
     except Exception as exc:  # noqa: BLE001 - a broken loader must not brick the board
         log_exc("config loader failed, booting with defaults", exc)
         got = {}, [("config", "loader failed: %r" % (exc,))], "defaults"
+    # here, not in _load: no local of this frame holds the module while it is dropped
     forget("gateway.config", "gateway.config_schema")
     return got
+
+
+def _load(path):
+    from gateway import config as cf
+
+    files = cf.FlashFiles()
+    return cf.load(files.read, (path,), cf.GOOD, files.write, files.rename, files.remove)
 
 
 def forget(*names):
@@ -92,7 +97,21 @@ def find_app():
     return app
 
 
+def preload():
+    """Load the app's code before the config: code objects live as long as the board,
+    the config's parse leaves many short-lived ones; loaded after those, the code
+    would be scattered over the heap and leave no free block big enough for the
+    MQTT and spool buffers (an ESP32 with frozen code has no such problem).
+    A failure here is reported again, with its traceback, by find_app()."""
+    try:
+        import gateway.runtime  # noqa: F401
+        import gateway.mqtt  # noqa: F401
+    except Exception:  # noqa: BLE001
+        pass
+
+
 def main():
+    preload()
     cfg, errors, source = load_config_checked()
     try:
         hal = build_hal(cfg)

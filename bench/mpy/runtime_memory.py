@@ -104,7 +104,7 @@ meter_profile = r1 - r0 - meter_obj
 mt.forget_profiles()
 gc.collect()
 r0 = gc.mem_alloc()
-gout = jsonout.GroupOut("gw-test", mobj.id, "main", mobj.groups[0][1], mobj.item_units)
+gout = jsonout.meter_head("gw-test", mobj.id)  # its group pieces are shared with meters alike
 gc.collect()
 group_out = gc.mem_alloc() - r0
 del mobj, mobj2, gout
@@ -124,10 +124,15 @@ for name in ("readinto", "any", "write", "flush", "init", "wait"):
 
     def wrap(*a, _f=f, **k):
         if not COUNT[0]:
-            return _f(*a, **k)
-        b = gc.mem_alloc()
-        r = _f(*a, **k)
-        fake[0] += gc.mem_alloc() - b
+            r = _f(*a, **k)
+        else:
+            b = gc.mem_alloc()
+            r = _f(*a, **k)
+            fake[0] += gc.mem_alloc() - b
+        # the fake UART's logs are the test's, not the firmware's: keep only what it reads back
+        del uart.events[:]
+        del uart.written[:-1]
+        del uart.inits[1:]
         return r
 
     setattr(uart, name, wrap)

@@ -10,5 +10,5 @@ def run(hal):
     from gateway.runtime import Runtime
 
     rt = Runtime(hal, getattr(hal, "config", None) or {}, getattr(hal, "config_errors", ()),
-                 getattr(hal, "config_source", "config.json"))
+                 getattr(hal, "config_source", "config.json"), own_config=True)
     asyncio.run(rt.main())

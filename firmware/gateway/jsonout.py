@@ -32,6 +32,7 @@ class ItemOut:
 
 _ITEMS = {}  # (name, unit) -> ItemOut: meters reading the same items share their bytes
 _GROUPS = {}  # group name -> its bytes
+_SHAPES = {}  # (group, item names, their units) -> GroupOut, shared by meters configured alike
 
 
 def item_out(name, unit):
@@ -42,17 +43,32 @@ def item_out(name, unit):
     return it
 
 
-class GroupOut:
-    """The constant bytes of one poll group of one meter (item pieces shared)."""
+def meter_head(device, meter):
+    """The bytes every reading of one meter starts with, up to its seq."""
+    return b'{"device":' + _lit(device) + b',"meter":' + _lit(meter) + b',"seq":'
 
-    def __init__(self, device, meter, group, items, units):
-        self.head = b'{"device":' + _lit(device) + b',"meter":' + _lit(meter) + b',"seq":'
+
+class GroupOut:
+    """The constant bytes of one poll group: its name and its items' pieces.
+    Meters configured alike share one (group_out()); the meter's own bytes are
+    its head (meter_head())."""
+
+    def __init__(self, group, items, units):
         mid = _GROUPS.get(group)
         if mid is None:
             mid = _GROUPS[group] = b',"group":' + _lit(group) + b',"values":{'
         self.mid = mid
         self.items = tuple(item_out(name, units.get(name)) for name in items)
         self.names = items
+
+
+def group_out(group, items, units):
+    """The shared GroupOut of (group, items, their units)."""
+    key = (group, items, tuple(units.get(name) for name in items))
+    g = _SHAPES.get(key)
+    if g is None:
+        g = _SHAPES[key] = GroupOut(group, items, units)
+    return g
 
 
 class Writer:
@@ -110,10 +126,11 @@ class Writer:
     def put_str(self, s):
         self.put(_lit(s))  # error reasons only: the rare path may allocate
 
-    def reading(self, g, seq, ts, judged, errors, num_text):
-        """Write one reading; returns a memoryview of it (valid until the next)."""
+    def reading(self, head, g, seq, ts, judged, errors, num_text):
+        """Write one reading (head: meter_head(); g: a GroupOut); returns a
+        memoryview of it (valid until the next)."""
         self.n = 0
-        self.put(g.head)
+        self.put(head)
         self.put_int(seq)
         self.put(b',"ts":')
         self.put_int(ts)

@@ -131,7 +131,10 @@ class Profile:
     """What meters configured alike share: line settings, timeouts, poll groups,
     the read plan and the units. Thirty-two identical meters on a bus hold one
     Profile, not 32 copies (about 1 KB a meter of heap on the unix port).
-    Built by the meter classes; read-only once built."""
+    Built by the meter classes; read-only once built (but for `out`, the
+    runtime's reading pieces, set once by the first meter of the profile)."""
+
+    out = None
 
 
 _PROFILES = {}  # key -> Profile while a config is being built (forget_profiles())
@@ -172,6 +175,7 @@ class Meter:
     exporting = _shared("exporting")
     plans = _shared("plans")
     item_units = _shared("units")
+    out = _shared("out")  # the reading pieces per group (gateway/jsonout.py), set by the runtime
 
     def __init__(self, cfg, defaults=None):
         if not isinstance(cfg, dict):

@@ -14,6 +14,7 @@
 # is published. No value is ever published that was not read: a failed read is
 # published as its error with quality "comm_error".
 import gc
+import io
 import json
 from array import array
 
@@ -31,6 +32,8 @@ except ImportError:  # pragma: no cover - every port we run on has it
     import uasyncio as asyncio
 
 HEALTH_INTERVAL_S = 60
+HEALTH_BASE_BYTES = 1024
+HEALTH_METER_BYTES = 256
 CLOCK_CHECK_S = 3600
 CLOCK_FIRST_S = 15  # first clock check this long after boot
 MAX_DRIFT_S = 60
@@ -78,6 +81,37 @@ def _console_writer():
     return buf.write if buf is not None and hasattr(buf, "write") else None
 
 
+class _BufferSink(io.IOBase):
+    """A stream json.dump writes into: a preallocated bytearray (ValueError when full).
+    An io.IOBase: MicroPython's json.dump takes only objects with the stream protocol."""
+
+    def __init__(self, buf):
+        self.buf = buf
+        self.n = 0
+
+    def write(self, s):
+        b = s.encode() if isinstance(s, str) else s
+        n = self.n
+        k = len(b)
+        if n + k > len(self.buf):
+            raise ValueError("health larger than its buffer")
+        self.buf[n:n + k] = b
+        self.n = n + k
+        return k
+
+
+class _ConsoleSink(io.IOBase):
+    """A stream json.dump writes to the console through, piece by piece."""
+
+    def __init__(self, console):
+        self.console = console
+
+    def write(self, s):
+        b = s.encode() if isinstance(s, str) else s
+        self.console(b)
+        return len(b)
+
+
 def _section(cfg, key):
     v = cfg.get(key)
     return v if isinstance(v, dict) else {}
@@ -86,7 +120,8 @@ def _section(cfg, key):
 class Runtime:
     """Wires the HAL, the meters, the spool and MQTT together (see the top)."""
 
-    def __init__(self, hal, config, config_errors=(), config_source="config.json", mqtt_factory=None, out=None):
+    def __init__(self, hal, config, config_errors=(), config_source="config.json", mqtt_factory=None, out=None,
+                 own_config=False):
         self.hal = hal
         self.out = out or print
         self._console = None if out is not None else _console_writer()
@@ -105,34 +140,57 @@ class Runtime:
         self.max_drift_s = clock.get("max_drift_s", MAX_DRIFT_S)
         self.clock_sync = clock.get("sync", True)
         self.tz_offset_s = clock.get("tz_offset_s", TZ_OFFSET_S)
+        # the long-lived buffers first (reading writer, link, spool, MQTT client), before the
+        # meters' many small objects can fragment the heap (a 4 KB block must still be free)
         self.writer = jsonout.Writer()
-        self.meters = self._build_meters(cfg)
-        # the parsed meter list is the largest part of a config (about 1 KB a meter on
-        # an ESP32): the meters are built, let it go (config_get reads the file)
-        cfg = dict(cfg)
-        cfg.pop("meters", None)
-        self.cfg = cfg
-        if getattr(hal, "config", None) is not None:
-            hal.config = cfg
         link_cfg = _section(cfg, "link")
         self.link = lk.Link(hal.uart(), hal.ticks_ms, hal.sleep_ms, echo=bool(link_cfg.get("echo", False)))
         sp = _section(cfg, "spool")
         self.spool = Spool(hal.flash_path("spool"), max_bytes=sp.get("max_bytes", 131072),
                            segments=sp.get("segments", 8), max_record=sp.get("max_record", 2048))
         self.boot_count, self.resets = self._count_boot()
+        # a health message is ~200 bytes a meter: written into a buffer made now, not a
+        # fresh string of several KB each time (that needs a free block that large)
+        n_meters = len(cfg.get("meters") or ()) if isinstance(cfg.get("meters"), list) else 0
+        self._health_buf = bytearray(HEALTH_BASE_BYTES + HEALTH_METER_BYTES * n_meters)
+        self._health_pid = None
+        self.mqtt = None
+        if mq.get("url"):
+            try:
+                self.mqtt = (mqtt_factory or self._make_mqtt)(mq)
+            except Exception as exc:  # noqa: BLE001 - a bad broker setting must not stop the polling
+                log("mqtt: not started: %r" % (exc,))
+                self.config_errors.append(("mqtt", "cannot start the client: %s" % exc))
+        self.meters = self._build_meters(cfg)
+        # the parsed meter list is the largest part of a config (about 1 KB a meter on
+        # an ESP32): the meters are built, let it go (config_get reads the file).
+        # own_config (the board's own dict, app.run): trimmed in place, so no caller's
+        # frame keeps the list alive
+        if not own_config:
+            cfg = dict(cfg)
+        cfg.pop("meters", None)
+        gc.collect()
+        self.cfg = cfg
+        if getattr(hal, "config", None) is not None:
+            hal.config = cfg
         self.started = ticks_ms()
         # schedule: four ints an entry (due tick, meter index, group index (-1: clock
         # check), interval ms) in one array: 64 entries are 1 KB, not 6 KB of small lists
-        sched = []
+        n = 0
+        for m in self.meters:
+            n += len(m.groups) + (1 if isinstance(m, mt.DltMeter) and self.clock_check_ms > 0 else 0)
+        sch = self.schedule = array("i", bytes(16 * n))  # sized once: no list growing into a 4 KB block
         now = ticks_ms()
+        j = 0
         for k in range(len(self.meters)):
             m = self.meters[k]
             for g in range(len(m.groups)):
-                sched.extend((now, k, g, m.groups[g][2]))
+                sch[j], sch[j + 1], sch[j + 2], sch[j + 3] = now, k, g, m.groups[g][2]
+                j += 4
             if isinstance(m, mt.DltMeter) and self.clock_check_ms > 0:
-                sched.extend((ticks_add(now, CLOCK_FIRST_S * 1000), k, -1, self.clock_check_ms))
-        self.schedule = array("i", sched)
-        sched = None
+                sch[j], sch[j + 1], sch[j + 2], sch[j + 3] = ticks_add(now, CLOCK_FIRST_S * 1000), k, -1, \
+                    self.clock_check_ms
+                j += 4
         self.jobs = []  # coroutine functions queued by commands, run by the bus task
         self.bus_wake = asyncio.Event()
         self.pub_wake = asyncio.Event()
@@ -151,13 +209,6 @@ class Runtime:
         self.token = cfg.get("command_token")
         self.trial = self._read_trial()
         self.confirm_ms = int(cfg.get("config_confirm_s", 120) * 1000)
-        self.mqtt = None
-        if mq.get("url"):
-            try:
-                self.mqtt = (mqtt_factory or self._make_mqtt)(mq)
-            except Exception as exc:  # noqa: BLE001 - a bad broker setting must not stop the polling
-                log("mqtt: not started: %r" % (exc,))
-                self.config_errors.append(("mqtt", "cannot start the client: %s" % exc))
 
     # -- setup ---------------------------------------------------------------
     def _build_meters(self, cfg):
@@ -182,7 +233,9 @@ class Runtime:
                 self.config_errors.append(("meters[%d]" % k, str(exc)))
                 continue
             seen.append(m.id)
-            m.out = [jsonout.GroupOut(self.device, m.id, g[0], g[1], m.item_units) for g in m.groups]
+            m.head = jsonout.meter_head(self.device, m.id)
+            if m.out is None:  # the first meter of its profile
+                m.profile.out = [jsonout.group_out(g[0], g[1], m.item_units) for g in m.groups]
             out.append(m)
         mt.forget_profiles()
         return out
@@ -310,7 +363,7 @@ class Runtime:
         """Spool first, then hand to the publisher; the console gets a copy."""
         seq = self.spool.next_seq
         try:
-            payload = self.writer.reading(m.out[g], seq, ts, judged, errors, _num)
+            payload = self.writer.reading(m.head, m.out[g], seq, ts, judged, errors, _num)
         except ValueError as exc:  # more than the buffer holds: too many items in one group
             log("meter %s: reading not written: %s" % (m.id, exc))
             return
@@ -502,14 +555,43 @@ class Runtime:
                 "meters": ms, "collectors": collectors}
 
     async def publish_health(self):
-        text = json.dumps(self.health())
-        self.out("HEALTH " + text)
         client = self.mqtt
-        if client is not None and client.connected:
+        # the health buffer is reused: never while the client may still resend the last one
+        busy = client is not None and self._health_pid is not None and self._health_pid in client.inflight
+        h = self.health()
+        text = None
+        if not busy:
+            sink = _BufferSink(self._health_buf)
             try:
-                await client.publish(self.base + "/health", text.encode(), qos=1, retain=True)
+                json.dump(h, sink)
+                text = memoryview(self._health_buf)[:sink.n]
+            except ValueError:
+                text = None  # larger than the buffer (long error reasons): one-off copy below
+        if text is not None or self._console is None:
+            if text is None:
+                text = json.dumps(h).encode()
+            self._print_health(text)
+        else:  # the console only, streamed: no block of several KB needed
+            self._console(b"HEALTH ")
+            json.dump(h, _ConsoleSink(self._console))
+            self._console(b"\n")
+        h = None
+        if client is not None and client.connected:
+            if busy or text is None:
+                log("health: the last one is not acknowledged yet, not sent again")
+                return
+            try:
+                self._health_pid = await client.publish(self.base + "/health", text, qos=1, retain=True)
             except ValueError as exc:  # too large for the client: say so, keep the connection
                 log("health not published: %s" % exc)
+
+    def _print_health(self, text):
+        if self._console is not None:
+            self._console(b"HEALTH ")
+            self._console(text)
+            self._console(b"\n")
+        else:
+            self.out("HEALTH " + bytes(text).decode())
 
     async def health_task(self):
         while not self.stopping:

@@ -164,6 +164,7 @@ class FakeMqtt:
         self.subs = []
         self.pid = 0
         self.stats = {"connects": 0, "disconnects": 0}
+        self.inflight = []  # pids the client could still resend: the fake never resends
 
     async def publish(self, topic, payload, qos=0, retain=False):
         if not self.connected:
@@ -466,6 +467,32 @@ def test_health_has_what_the_back_office_needs():
     assert m1["last_error"] == "frequency: meter_error:no_such_data"
     rt2, _, _ = _runtime(CONFIG)
     assert rt2.boot_count == 1  # a fresh flash; the boot file counts from there
+
+
+def test_health_is_written_into_its_own_buffer_and_never_rewritten_while_unacknowledged():
+    # the health message is written into a buffer made at start-up (no block of
+    # several KB at every health); the MQTT client keeps a reference to it until
+    # the broker acknowledges, so while it may still be resent it is not rewritten
+    mq = FakeMqtt()
+    mq.connected = True
+    rt, hal, lines = _runtime(CONFIG, mqtt=mq)
+    _arun(_poll_all(rt))
+    _arun(rt.publish_health())
+    first = [p for p in mq.published if p[0].endswith("/health")]
+    assert len(first) == 1 and first[0][2] == 1 and first[0][3] is True
+    assert json.loads(first[0][1])["meters"]["m1"]["sent"] == 6
+    assert json.loads(lines[-1][len("HEALTH "):]) == json.loads(first[0][1])
+    mq.inflight.append(first[0][4])  # not acknowledged yet
+    buf = bytes(rt._health_buf)
+    _arun(_poll_all(rt))
+    _arun(rt.publish_health())
+    assert len([p for p in mq.published if p[0].endswith("/health")]) == 1  # held back, not rewritten
+    assert bytes(rt._health_buf) == buf
+    assert json.loads(lines[-1][len("HEALTH "):])["meters"]["m1"]["sent"] == 12  # the console still gets it
+    mq.inflight.remove(first[0][4])  # acknowledged
+    _arun(rt.publish_health())
+    sent = [p for p in mq.published if p[0].endswith("/health")]
+    assert len(sent) == 2 and json.loads(sent[1][1])["meters"]["m1"]["sent"] == 12
 
 
 def test_bad_meter_entries_are_skipped_and_reported():

@@ -1,6 +1,7 @@
-"""Memory (issue 4, reliability): 32 meters on one bus with the MicroPython heap
-capped like an ESP32 without PSRAM (`vboard run --heapsize 96K`, the firmware
-installed as the .mpy of `metergate firmware build`, as on a board).
+"""Memory (issue 4, reliability): 32 meters on one bus with the board's heap
+capped like an ESP32 without PSRAM: 96 KB for everything the gateway
+allocates, the firmware installed as the .mpy of `metergate firmware build`,
+as on a board.
 
 The scenario: the board polls all 32 meters and publishes; the broker is
 stopped for a while (the spool backlog grows) and started again (replay). The
@@ -8,13 +9,15 @@ board must not crash (no MemoryError in its log, process alive), every reading
 it printed must be delivered (per meter in seq order, ts never going back),
 and the heap its health messages report stays within the cap.
 
-Today it does not boot at 96K (measured on the 64-bit unix port, whose objects
-are about twice an ESP32's): the config loader alone runs out of heap, and
-with a larger cap the gateway needs about 0.7 MB for 32 meters - the config
-dict (~65 KB for 32 entries, kept as Runtime.cfg), the protocol tables
-(~80 KB), ~5.4 KB per meter (DltMeter entries with a request frame per item,
-GroupOut/ItemOut constant bytes), the module code. The scenario is therefore a
-strict xfail: when the firmware fits, it fails as XPASS and the mark goes.
+Why the cap is "code + 96K" and not a bare `-X heapsize=96K`: on an ESP32 the
+gateway's code is frozen into flash (or mapped from a romfs partition) and costs
+next to no heap; the unix port loads every module into the heap (about 190 KB
+for the board's code on this 64-bit interpreter, more than the whole cap), so
+the board gets its measured code footprint (vboard.board.code_footprint, the
+same interpreter, the same .mpy) on top of 96 KB, and the live heap each health
+message reports, less the code loaded while polling, must stay within 96 KB.
+The data side is then held to 96 KB of 64-bit objects, about twice the size of
+the ESP32's: a stricter budget than the board's own.
 """
 
 import time
@@ -26,13 +29,14 @@ from metergate import firmware as fw
 from metergate.bench.broker import Broker, MqttProbe
 from metergate.codecs import config as fwconfig
 from metergate.config import check
+from metergate.vboard.board import code_footprint, heapsize_with_code
 from metergate.vboard.gateway import Bench, site_config
 
 from sites import write_site
 
 DEVICE = "gw-mem"
 BASE = "metergate/v1/" + DEVICE
-HEAPSIZE = "96K"
+DATA_HEAP = "96K"
 CAP = 96 * 1024
 
 
@@ -69,11 +73,16 @@ def test_the_32_meter_site_loads_and_its_config_is_valid(tmp_path):
     assert budget["error"] is None and budget["utilisation"] <= 1.0
 
 
-@pytest.mark.xfail(strict=True, reason="the gateway with 32 meters does not fit a 96K heap yet "
-                                        "(MemoryError at boot; figures in the module docstring)")
+@pytest.mark.xfail(strict=True, reason="the config loader's peak at boot (text, parsed config, a copy with "
+                                        "defaults, validation) does not fit 96 KB beside the code yet")
 def test_32_meters_in_96k_through_a_broker_outage(tmp_path):
     mpy = tmp_path / "mpy"
     fw.build(mpy)
+    # the cap: 96 KB + the code loaded at boot (all but the self-check, which never runs
+    # here); the check: 96 KB + the code loaded while polling (the config validator is
+    # dropped after boot), against the live heap each health message reports
+    heapsize = heapsize_with_code(DATA_HEAP, mpy, exclude=("gateway.selfcheck",))
+    code = code_footprint(mpy, exclude=("gateway.selfcheck", "gateway.config", "gateway.config_schema"))
     broker = Broker(workdir=tmp_path / "broker", persistence=True).start()
     site_path, site, cfg = _site_and_config(tmp_path, broker.url)
     probe = MqttProbe(broker.url, client_id="backoffice-mem", clean_session=False).connect()
@@ -106,7 +115,7 @@ def test_32_meters_in_96k_through_a_broker_outage(tmp_path):
             else:
                 heaps.append(body["heap"])
 
-    bench = Bench(site_path, cfg, workdir=tmp_path / "bench", heapsize=HEAPSIZE, firmware=mpy, ready_timeout=12)
+    bench = Bench(site_path, cfg, workdir=tmp_path / "bench", heapsize=heapsize, firmware=mpy, ready_timeout=12)
     try:
         bench.start()
         deadline = time.monotonic() + 60
@@ -140,6 +149,7 @@ def test_32_meters_in_96k_through_a_broker_outage(tmp_path):
     for seq in sorted(got):
         per_meter.setdefault(got[seq]["meter"], []).append(got[seq]["ts"])
     assert len(per_meter) == 32 and all(ts == sorted(ts) for ts in per_meter.values())
-    assert heaps and all(h["alloc"] + h["free"] <= CAP and h["alloc"] <= CAP for h in heaps), heaps[-3:]
-    print("memory: heap alloc min %d max %d of %d" % (min(h["alloc"] for h in heaps),
-                                                     max(h["alloc"] for h in heaps), CAP))
+    assert heaps and all(h["alloc"] + h["free"] <= code + CAP + 1024 and h["alloc"] - code <= CAP
+                         for h in heaps), (code, heaps[-3:])
+    print("memory: code %d B; data heap alloc min %d max %d of %d" % (
+        code, min(h["alloc"] for h in heaps) - code, max(h["alloc"] for h in heaps) - code, CAP))

@@ -22,6 +22,7 @@ import re
 import shutil
 import signal
 import subprocess
+import tempfile
 import sys
 import time
 
@@ -122,6 +123,76 @@ def run_argv(heapsize: str | None = None) -> list[str]:
     if heapsize:
         argv += ["-X", "heapsize=" + heapsize]
     return argv + [str(REPL_SERVER)]
+
+
+# Run under the board's interpreter by code_footprint(): the heap the code takes.
+_FOOTPRINT_PROBE = """
+import gc, sys
+fw, server, names = sys.argv[1], sys.argv[2], sys.argv[3:]
+sys.path.insert(0, fw)
+gc.collect()
+a = gc.mem_alloc()
+keep = []
+for path in (server, fw + "/main.py"):
+    f = open(path)
+    keep.append(compile(f.read(), path, "exec"))
+    f.close()
+for name in names:
+    __import__(name)
+gc.collect()
+print("footprint", gc.mem_alloc() - a)
+"""
+
+
+def firmware_modules(firmware: pathlib.Path, exclude=()) -> list[str]:
+    """Dotted names of the firmware's modules a unix board can load (all but the ESP32
+    HAL and the packages or modules named in `exclude`)."""
+    firmware = pathlib.Path(firmware)
+    names = []
+    for path in sorted((firmware / "gateway").rglob("*")):
+        if path.suffix not in (".py", ".mpy") or "__pycache__" in path.parts:
+            continue
+        rel = path.relative_to(firmware).with_suffix("")
+        parts = list(rel.parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        name = ".".join(parts)
+        if name == "gateway.hal.esp32" or name in names:
+            continue
+        if any(name == x or name.startswith(x + ".") for x in exclude):
+            continue
+        names.append(name)
+    return names
+
+
+def code_footprint(firmware: pathlib.Path = FIRMWARE_DIR, exclude=()) -> int:
+    """Bytes of MicroPython heap that the virtual board's code takes on this
+    interpreter: repl_server.py and main.py compiled, every firmware module but
+    those in `exclude` imported (as .mpy or .py, as found in `firmware`). Some
+    modules are loaded only for a while (the config validator at boot, the
+    self-check while one runs): `exclude` leaves out what a scenario never has loaded.
+
+    On an ESP32 that code is frozen into (or memory-mapped from) flash and costs
+    next to no heap; the unix port has neither, so a test that caps the heap
+    like an ESP32's gives the board this much on top (see docs/virtual-board.md)."""
+    with tempfile.TemporaryDirectory(prefix="mg-footprint-") as tmp:
+        probe = pathlib.Path(tmp) / "footprint.py"
+        probe.write_text(_FOOTPRINT_PROBE)
+        out = subprocess.run([micropython_command(), str(probe), str(firmware), str(REPL_SERVER)]
+                             + firmware_modules(firmware, exclude), capture_output=True, text=True, timeout=60)
+    for line in out.stdout.splitlines():
+        if line.startswith("footprint "):
+            return int(line.split()[1])
+    raise VboardError("code footprint probe failed: %s" % (out.stderr.strip() or out.stdout.strip()))
+
+
+def heapsize_with_code(data: str, firmware: pathlib.Path = FIRMWARE_DIR, exclude=()) -> str:
+    """A -X heapsize leaving `data` (e.g. "96K") to the board's objects once its code
+    (code_footprint(firmware, exclude)) is loaded."""
+    text = check_heapsize(data)
+    unit = {"k": 1024, "m": 1024 * 1024}.get(text[-1].lower(), 1)
+    size = int(text.rstrip("KkMm")) * unit
+    return "%dK" % ((code_footprint(firmware, exclude) + size + 1023) // 1024)
 
 
 def socat_argv(link: pathlib.Path) -> list[str]:
