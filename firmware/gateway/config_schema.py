@@ -188,6 +188,19 @@ SCHEMA = {
                 "max_record": {"type": "integer", "minimum": 64, "maximum": 4096, "default": 2048},
             },
         },
+        "selfcheck": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "on_first_boot": {"type": "boolean"},
+                "sample": {"type": "integer", "minimum": 1, "maximum": 200},
+                "duplicate_pct": {"type": "integer", "minimum": 1, "maximum": 100},
+                "energy_window_s": {"type": "number", "minimum": 0, "maximum": 900},
+                "idle_listen_ms": {"type": "integer", "minimum": 0, "maximum": 10000},
+                "supply_min_v": {"type": "number", "minimum": 0, "maximum": 60},
+                "probe_timeout_ms": {"type": "integer", "minimum": 100, "maximum": 5000},
+            },
+        },
         "clock": {
             "type": "object",
             "additionalProperties": False,

@@ -44,6 +44,7 @@ ITEM_ALIASES = {
 }
 
 DEFAULT_ITEMS = ("voltage", "current", "power", "energy_forward", "energy_reverse")
+KINDS = ("single-phase", "three-phase-4w", "three-phase-3w")
 
 # Line defaults per protocol (PROTOCOLS.md): 2007 meters 2400 8E1, 1997 start
 # at 1200 8E1; Modbus: the model's factory setting.
@@ -163,6 +164,9 @@ class Meter:
     previous = None  # cumulative item -> last good value (plausibility); a dict once there is one
     clock_drift_s = None  # meter clock - true time, from the last clock check
     clock_error = None
+    invert = False  # the UART inverted for this meter (the self-check found its A/B swapped)
+    position = None  # its position in the meter box (config "position"), for findings
+    asset = None  # the asset number the work order expects at that position
 
     protocol = _shared("protocol")
     items = _shared("items")
@@ -173,6 +177,7 @@ class Meter:
     line = _shared("line")
     collector = _shared("collector")
     exporting = _shared("exporting")
+    kind = _shared("kind")
     plans = _shared("plans")
     item_units = _shared("units")
     out = _shared("out")  # the reading pieces per group (gateway/jsonout.py), set by the runtime
@@ -189,6 +194,11 @@ class Meter:
                                                                            cfg.get("protocol")))
         self.counters = lk.Counters()
         self.latency = lk.Latency()
+        pos = cfg.get("position")
+        if isinstance(pos, dict) and isinstance(pos.get("position"), int):
+            self.position = pos["position"]
+        if isinstance(cfg.get("asset"), str):
+            self.asset = cfg["asset"]
 
     def _common(self, cfg, defaults, line, extra):
         """The settings every protocol has, as a tuple (the profile key) ending in
@@ -212,6 +222,9 @@ class Meter:
         col = cfg.get("collector")
         collector = col if isinstance(col, str) else ("collector" if col is True else None)
         exporting = bool(cfg.get("exporting", False))
+        kind = cfg.get("kind", "single-phase")
+        if kind not in KINDS:
+            raise ConfigError("%s: kind must be one of %s, got %r" % (mid, ", ".join(KINDS), kind))
         interval = defaults.get("poll_interval_s", DEFAULT_INTERVAL_S)
         groups = cfg.get("groups")
         out = []
@@ -239,7 +252,7 @@ class Meter:
                 out.append((g.get("name") or "g%d" % k, tuple(its), int(iv * 1000)))
             items = tuple(names)
         return (protocol, items, tuple(out), timeout_ms, byte_timeout_ms, retries, collector, exporting,
-                line) + extra
+                line, kind) + extra
 
     def _profile(self, key, plan):
         """The Profile for key (shared with meters built before it), plan(p) filling in
@@ -248,8 +261,8 @@ class Meter:
         if p is None:
             p = Profile()
             (p.protocol, p.items, p.groups, p.timeout_ms, p.byte_timeout_ms, p.retries, p.collector,
-             p.exporting, p.line) = key[:9]
-            plan(p, key[9:])
+             p.exporting, p.line, p.kind) = key[:10]
+            plan(p, key[10:])
             _PROFILES[key] = p
         self.profile = p
 
@@ -281,7 +294,7 @@ class Meter:
         return (baud, parity, 8, stop)
 
     def select_line(self, link):
-        link.configure(self.line[0], self.line[1], self.line[2], self.line[3])
+        link.configure(self.line[0], self.line[1], self.line[2], self.line[3], self.invert)
 
 
 def _dlt_plan(p, extra):
@@ -397,7 +410,7 @@ class DltMeter(Meter):
         """Read one group's items: (values {name: (Num, unit)}, errors {name: reason})."""
         values = {}
         errors = {}
-        link.configure(self.line[0], self.line[1], self.line[2], self.line[3])
+        link.configure(self.line[0], self.line[1], self.line[2], self.line[3], self.invert)
         blocks, singles = self.plans[group]
         todo = list(singles)
         for bdi, req, names in blocks:
@@ -470,7 +483,7 @@ class DltMeter(Meter):
     async def read_clock(self, link, tz_offset_s):
         """The meter's clock as Unix seconds (UTC), or (None, reason).
         Meters keep local time: tz_offset_s is local - UTC (Beijing: 28800)."""
-        link.configure(self.line[0], self.line[1], self.line[2], self.line[3])
+        link.configure(self.line[0], self.line[1], self.line[2], self.line[3], self.invert)
         dis = (0x04000101, 0x04000102) if self.version == 2007 else (0xC010, 0xC011)
         got = []
         for di in dis:
@@ -520,6 +533,7 @@ def epoch_to_civil(t):
 
 def _modbus_plan(p, extra):
     """Fill a new Modbus Profile: the fewest reads covering each group, their requests, the units."""
+    p.model_key = extra[0]
     p.model = modbus_maps.model(extra[0])
     p.unit = extra[1]
     known = modbus_maps.quantities(p.model)
@@ -555,6 +569,7 @@ class ModbusMeter(Meter):
     covered by the fewest read requests."""
 
     model = _shared("model")
+    model_key = _shared("model_key")  # the name the config gave ("sdm120")
     unit = _shared("unit")
     names = _shared("names")
     units = _shared("quantity_units")

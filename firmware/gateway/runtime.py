@@ -208,6 +208,8 @@ class Runtime:
         self.wdt_stale_ms = WDT_STALE_MS
         self.token = cfg.get("command_token")
         self.trial = self._read_trial()
+        self.selfcheck_runs = 0
+        self.correspondence = None  # the guided breaker test under way (selfcheck.run.Correspondence)
         self.confirm_ms = int(cfg.get("config_confirm_s", 120) * 1000)
 
     # -- setup ---------------------------------------------------------------
@@ -660,7 +662,116 @@ class Runtime:
 
             asyncio.create_task(later())
             return None
-        raise ValueError("unknown command %r (poll, time_sync, health, reboot, config_get, config_put)" % name)
+        if name == "selfcheck":
+            mode = req.get("mode", "full")
+            if mode not in ("full", "commissioning"):
+                raise ValueError("mode must be full or commissioning, got %r" % (mode,))
+            wanted = req.get("meter")
+            if wanted is not None and wanted not in [m.id for m in self.meters]:
+                raise ValueError("no meter %r" % (wanted,))
+            return {"run": self.start_selfcheck(mode, wanted), "started": True}
+        if name == "breaker":
+            return await self.breaker(req)
+        raise ValueError("unknown command %r (poll, time_sync, health, reboot, config_get, config_put, selfcheck, "
+                         "breaker)" % name)
+
+    # -- self-check (gateway/selfcheck/run.py; docs/selfcheck.md) ---------------------
+    def start_selfcheck(self, mode, meter=None):
+        """Queue a self-check on the bus; returns its run number (the report's `run`)."""
+        self.selfcheck_runs += 1
+        run = self.selfcheck_runs
+
+        async def job():
+            await self._selfcheck(mode, meter, run)
+
+        self.queue_job(job)
+        return run
+
+    def _selfcheck_context(self, run):
+        from gateway.selfcheck import run as sc
+
+        def beat():
+            self.bus_beat = ticks_ms()
+
+        ctx = sc.Context(self.hal, self.link, self.meters, self.cfg, self.device, self.resets,
+                         self._progress, beat)
+        ctx.run = run
+        return sc, ctx
+
+    async def _selfcheck(self, mode, meter, run):
+        sc, ctx = self._selfcheck_context(run)
+        try:
+            rep = await sc.check(ctx, mode, meter)
+        finally:
+            gc.collect()
+        await self._publish_selfcheck(sc, rep)
+        self.hal.wdt_feed()
+
+    async def _publish_selfcheck(self, sc, rep):
+        try:
+            sc.store(self.hal, rep)
+        except OSError as exc:
+            log("selfcheck: report not stored: %r" % (exc,))
+        text = json.dumps(rep)
+        rep = None
+        self.out("SELFCHECK " + text)
+        if self.mqtt is not None and self.mqtt.connected:
+            await self.mqtt.publish(self.base + "/selfcheck", text.encode(), qos=1, retain=True)
+
+    def _progress(self, p):
+        text = json.dumps(p)
+        self.out("PROGRESS " + text)
+        client = self.mqtt
+        if client is not None and client.connected:
+            async def send():
+                try:
+                    await client.publish(self.base + "/progress", text.encode(), qos=0)
+                except Exception:  # noqa: BLE001 - progress is best effort
+                    pass
+
+            asyncio.create_task(send())
+
+    async def on_bus(self, fn):
+        """Run the coroutine function fn as a bus job and return its result (or raise its error)."""
+        done = asyncio.Event()
+        box = [None, None]
+
+        async def job():
+            try:
+                box[0] = await fn()
+            except Exception as exc:  # noqa: BLE001 - handed to the caller
+                box[1] = exc
+            done.set()
+
+        self.queue_job(job)
+        await done.wait()
+        if box[1] is not None:
+            raise box[1]
+        return box[0]
+
+    async def breaker(self, req):
+        """The guided breaker test, one step a command (docs/selfcheck.md)."""
+        step = req.get("step")
+        if step not in ("baseline", "off", "done"):
+            raise ValueError("step must be baseline, off or done, got %r" % (step,))
+        sc, ctx = self._selfcheck_context(self.selfcheck_runs)
+        if self.correspondence is None or step == "baseline":
+            self.correspondence = sc.Correspondence()
+        corr = self.correspondence
+        if step == "baseline":
+            return await self.on_bus(lambda: corr.baseline_step(ctx))
+        if step == "off":
+            pos = req.get("position")
+            if isinstance(pos, bool) or not isinstance(pos, int):
+                raise ValueError("position must be an integer")
+            return await self.on_bus(lambda: corr.off_step(ctx, pos))
+        self.selfcheck_runs += 1
+        ctx.run = self.selfcheck_runs
+        rep = sc.report(ctx, "correspondence", self.hal.time(), 0, self.meters, {}, corr.findings)
+        rep["steps"] = corr.steps
+        self.correspondence = None
+        await self._publish_selfcheck(sc, rep)
+        return {"run": ctx.run, "findings": len(rep["findings"])}
 
     async def _reply(self, name, rid, ok, error, result=None):
         msg = {"device": self.device, "command": name, "id": rid, "ok": ok, "ts": self.hal.time()}
@@ -687,6 +798,9 @@ class Runtime:
             tasks.append(asyncio.create_task(self.network_task(wifi)))
         if self.trial is not None:
             tasks.append(asyncio.create_task(self.trial_task()))
+        if self.commissioning_due():
+            log("selfcheck: first boot after provisioning: commissioning check queued")
+            self.start_selfcheck("commissioning")
         if self.cfg.get("watchdog", True):
             start = getattr(self.hal, "wdt_start", None)
             if start is not None:
@@ -701,6 +815,18 @@ class Runtime:
         finally:
             for t in tasks:
                 t.cancel()
+
+    def commissioning_due(self):
+        """The config asks for a check at the first boot (provisioning sets it) and
+        there is no report on the flash yet."""
+        sec = self.cfg.get("selfcheck")
+        if not isinstance(sec, dict) or not sec.get("on_first_boot"):
+            return False
+        try:
+            with open(self.hal.flash_path("selfcheck.json")):
+                return False
+        except OSError:
+            return True
 
     def healthy(self):
         """The loop runs (we are in it) and the bus task made progress lately: it

@@ -57,3 +57,16 @@ def parity_letter(parity):
 def char_bits(bits, parity, stop):
     """Bits one character takes on the wire: start + data + parity + stop."""
     return 1 + bits + (0 if parity_letter(parity) == "N" else 1) + stop
+
+
+def for_this_board(cfg):
+    """The HAL of the port we run on: the ESP32's, else the unix port's."""
+    import sys
+
+    if sys.platform == "esp32":
+        from gateway.hal.esp32 import Esp32HAL
+
+        return Esp32HAL(cfg)
+    from gateway.hal.unix import UnixHAL
+
+    return UnixHAL(cfg)

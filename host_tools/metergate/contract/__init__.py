@@ -18,7 +18,7 @@ import jsonschema
 
 HERE = pathlib.Path(__file__).resolve().parent
 VERSION = "v1"
-KINDS = ("reading", "health", "status", "config_error", "reply", "command")
+KINDS = ("reading", "health", "status", "config_error", "reply", "command", "selfcheck", "progress")
 
 
 class ContractError(ValueError):
@@ -74,6 +74,6 @@ def kind_of_topic(topic_name: str, prefix: str = "metergate"):
         return device, "command", parts[4]
     if kind == "reply" and len(parts) == 5:
         return device, "reply", parts[4]
-    if len(parts) == 4 and kind in ("reading", "health", "status", "config_error"):
+    if len(parts) == 4 and kind in ("reading", "health", "status", "config_error", "selfcheck", "progress"):
         return device, kind, None
     return None
