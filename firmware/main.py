@@ -41,8 +41,7 @@ def load_config_checked(path=CONFIG):
 def _load(path):
     from gateway import config as cf
 
-    files = cf.FlashFiles()
-    return cf.load(files.read, (path,), cf.GOOD, files.write, files.rename, files.remove)
+    return cf.load(cf.FlashFiles(), (path,), cf.GOOD)
 
 
 def forget(*names):

@@ -1,16 +1,18 @@
 # The device config: validation against gateway/config_schema.py (by hand,
 # the JSON Schema subset that file names), the checks a schema cannot say,
 # defaults, the poll budget, and SAFE MODE loading. Pure: files come in as
-# functions (FlashFiles wraps open/os for main.py), so the tests run under
+# an object (FlashFiles wraps open/os for main.py), so the tests run under
 # CPython and the MicroPython unix port alike. Docs: docs/gateway-config.md.
 #
 #   validate(cfg)        -> [(path, reason)], e.g. ("meters[2].address", "needs 12 digits")
 #   with_defaults(cfg)   -> a copy with the schema's defaults filled in
+#   fill_defaults(cfg)   -> the same, into cfg itself (the board: one config, not two)
 #   poll_budget(cfg)     -> {"utilisation": 0.42, ..., "error": None | "the schedule needs ..."}
-#   load(read_text, ...) -> (config, errors, source); never raises
+#   load(files, ...)     -> (config, errors, source); never raises
 #
 # Memory: errors are built only when found (paths are a stack of parts
-# joined on error), at most MAX_ERRORS of them; nothing else is copied.
+# joined on error), at most MAX_ERRORS of them; nothing else is copied. At
+# boot load() is the board's heap peak: see its docstring.
 from gateway.config_schema import SCHEMA, PATTERN_REASONS
 
 CONFIG = "config.json"
@@ -505,27 +507,34 @@ def _copy(v):
 
 
 def _fill(v, s):
+    # in place; a default is a fresh copy of the schema's, never the schema's own object
     if isinstance(v, dict):
         props = s.get("properties")
-        if not props:
-            return _copy(v)
-        d = {}
-        for k in v:
-            sub = props.get(k)
-            d[k] = _fill(v[k], sub) if sub is not None else _copy(v[k])
-        for k in props:
-            if k not in d and "default" in props[k]:
-                d[k] = _fill(_copy(props[k]["default"]), props[k])
-        return d
-    if isinstance(v, list):
+        if props:
+            for k in v:
+                sub = props.get(k)
+                if sub is not None:
+                    _fill(v[k], sub)
+            for k in props:
+                if k not in v and "default" in props[k]:
+                    v[k] = _fill(_copy(props[k]["default"]), props[k])
+    elif isinstance(v, list):
         sub = s.get("items")
-        return [_fill(x, sub) if sub is not None else _copy(x) for x in v]
+        if sub is not None:
+            for x in v:
+                _fill(x, sub)
     return v
 
 
-def with_defaults(cfg):
-    """A copy of cfg with every schema default filled in (nested objects too)."""
+def fill_defaults(cfg):
+    """cfg itself with every schema default filled in (nested objects too); no
+    copy, so a board holds one config, not two. Not a dict: a new {} filled."""
     return _fill(cfg if isinstance(cfg, dict) else {}, SCHEMA)
+
+
+def with_defaults(cfg):
+    """A copy of cfg with every schema default filled in; cfg is left as it was."""
+    return fill_defaults(_copy(cfg) if isinstance(cfg, dict) else {})
 
 
 def defaults():
@@ -732,29 +741,33 @@ def poll_budget(cfg, expected_delay_ms=None, limit=None):
 # ---- safe-mode loading ---------------------------------------------------------
 
 class FlashFiles:
-    """The file API load() takes, on the board's filesystem. `path` maps a
-    name to a path (hal.flash_path); default: relative to the current dir."""
+    """The file API load() takes, on the board's filesystem: open(name, mode)
+    (OSError when missing), rename(old, new), remove(name). `path` maps a name
+    to a path (hal.flash_path); default: relative to the current dir."""
 
     def __init__(self, path=None):
-        self.path = path or (lambda name: name)
+        self.path = path
 
-    def read(self, name):
-        with open(self.path(name)) as f:
-            return f.read()
-
-    def write(self, name, text):
-        with open(self.path(name), "w") as f:
-            f.write(text)
+    def open(self, name, mode="r"):
+        return open(self.path(name) if self.path else name, mode)
 
     def rename(self, old, new):
         import os
 
-        os.rename(self.path(old), self.path(new))
+        os.rename(self.path(old) if self.path else old, self.path(new) if self.path else new)
 
     def remove(self, name):
         import os
 
-        os.remove(self.path(name))
+        os.remove(self.path(name) if self.path else name)
+
+
+def _json_error(exc, name):
+    # CPython's JSONDecodeError knows where; MicroPython's ValueError does not
+    msg = getattr(exc, "msg", None)
+    if msg is not None and getattr(exc, "lineno", None) is not None:
+        return name, "not valid JSON: %s at line %d, column %d" % (msg, exc.lineno, exc.colno)
+    return name, "not valid JSON: %s" % (exc.args[0] if exc.args else "syntax error")
 
 
 def parse(text, name):
@@ -769,102 +782,172 @@ def parse(text, name):
     try:
         cfg = json.loads(text)
     except ValueError as exc:
-        # CPython's JSONDecodeError knows where; MicroPython's ValueError does not
-        msg = getattr(exc, "msg", None)
-        if msg is not None and getattr(exc, "lineno", None) is not None:
-            return None, (name, "not valid JSON: %s at line %d, column %d" % (msg, exc.lineno, exc.colno))
-        return None, (name, "not valid JSON: %s" % (exc.args[0] if exc.args else "syntax error"))
+        return None, _json_error(exc, name)
     if not isinstance(cfg, dict):
         return None, (name, "must be a JSON object")
     return cfg, None
 
 
-def _save_good(text, good, read_text, write_text, rename, remove):
-    """Write `text` as the good copy (tmp + rename) unless it holds it already."""
+def parse_file(files, name):
+    """parse() for a file, read as a stream: its text is never held whole (on
+    MicroPython json.load reads it byte by byte), so the parsed objects are all
+    the heap it costs. (config, None); (None, (name, reason)); OSError when the
+    file cannot be opened (missing)."""
+    import json
+
+    f = files.open(name, "r")
     try:
-        old = read_text(good)
-    except Exception:  # noqa: BLE001 - missing or unreadable: write it
-        old = None
-    if old == text or write_text is None or rename is None:
+        try:
+            cfg = json.load(f)
+        except UnicodeError:  # ValueError's subclass on CPython: first
+            return None, (name, "not UTF-8 text")
+        except ValueError as exc:
+            return None, _json_error(exc, name)
+        except OSError as exc:  # opened, then the read failed (flash error)
+            return None, (name, "unreadable: %r" % (exc,))
+    finally:
+        f.close()
+    if not isinstance(cfg, dict):
+        return None, (name, "must be a JSON object")
+    return cfg, None
+
+
+CHUNK = 512  # bytes a file comparison or copy holds at a time (per file)
+
+
+def same_file(files, a, b):
+    """True if files a and b hold the same bytes (False if either is missing or
+    unreadable). Compared a chunk at a time: neither text is held whole."""
+    try:
+        fa = files.open(a, "rb")
+    except Exception:  # noqa: BLE001
+        return False
+    try:
+        try:
+            fb = files.open(b, "rb")
+        except Exception:  # noqa: BLE001
+            return False
+        try:
+            ba, bb = bytearray(CHUNK), bytearray(CHUNK)
+            while True:
+                na, nb = fa.readinto(ba), fb.readinto(bb)
+                if na != nb:
+                    return False
+                if not na:
+                    return True
+                if na == CHUNK:
+                    if ba != bb:
+                        return False
+                elif ba[:na] != bb[:na]:
+                    return False
+        except Exception:  # noqa: BLE001 - unreadable: not known to be the same
+            return False
+        finally:
+            fb.close()
+    finally:
+        fa.close()
+
+
+def copy_file(files, src, dest):
+    """Copy src to dest a chunk at a time."""
+    buf = bytearray(CHUNK)
+    with files.open(src, "rb") as fi:
+        with files.open(dest, "wb") as fo:
+            while True:
+                n = fi.readinto(buf)
+                if not n:
+                    break
+                fo.write(buf if n == CHUNK else buf[:n])
+
+
+def _save_good(files, name, good):
+    """Make `good` a copy of `name` (tmp + rename) unless it holds the same bytes
+    already. (good, reason) if it could not; the config is still good to use."""
+    if same_file(files, name, good):
         return None
     tmp = good + ".tmp"
     try:
-        write_text(tmp, text)
+        copy_file(files, name, tmp)
         try:
-            rename(tmp, good)
+            files.rename(tmp, good)
         except OSError:  # a filesystem whose rename will not replace (FAT)
-            if remove is None:
-                raise
-            remove(good)
-            rename(tmp, good)
+            files.remove(good)
+            files.rename(tmp, good)
     except Exception as exc:  # noqa: BLE001 - the config is still good to use
         return (good, "could not save: %r" % (exc,))
     return None
 
 
-def load(read_text, paths=(CONFIG,), good=GOOD, write_text=None, rename=None, remove=None):
+def load(files, paths=(CONFIG,), good=GOOD):
     """SAFE MODE loading; never raises. Returns (config with defaults, errors,
     source): source is the file used (paths[k] or `good`) or "defaults".
 
-    The first of `paths` that can be read is the config. Valid: it is used and
-    its text saved as `good` (only when different). Missing, unparseable or
+    The first of `paths` that can be opened is the config. Valid: it is used
+    and copied to `good` (only when different). Missing, unparseable or
     invalid: errors say why (path, reason) and the good copy is used if it is
-    still valid, else the defaults. read_text(name) -> str, OSError if missing;
-    write_text(name, text); rename(old, new); remove(name)."""
+    still valid, else the defaults. `files`: see FlashFiles.
+
+    Memory (the peak of a board's boot): the file is parsed as a stream, only
+    one parsed config is alive at a time, defaults are filled into it in
+    place, and the good copy is compared and copied in chunks."""
+    import gc
+
     errors = []
     try:
-        text = None
-        name = paths[0]
+        cfg = None
+        name = None
         for p in paths:
             try:
-                text = read_text(p)
-                name = p
-                break
+                cfg, err = parse_file(files, p)
             except OSError:
                 continue
-            except Exception as exc:  # noqa: BLE001 - e.g. not UTF-8 text
-                errors.append((p, "unreadable: %r" % (exc,)))
-                break
-        if text is None and not errors:
-            errors.append((name, "missing"))
-        else:
-            cfg, err = parse(text, name)
-            if err is not None:
-                errors.append(err)
-            else:
-                # an over-full schedule does not stop a board: it polls as fast as the bus
-                # allows (overruns in health) and says so; the host tools refuse it outright
-                errs = cross_errors(cfg, schema_errors(cfg), budget=False)
-                if not errs:
-                    err = _save_good(text, good, read_text, write_text, rename, remove)
-                    if err is not None:
-                        errors.append(err)
-                    warn = _budget_warning(cfg)
-                    if warn is not None:
-                        errors.append(warn)
-                    return with_defaults(cfg), errors, name
-                errors.extend(errs)
-                cfg = errs = None
-        text = None
-        try:
-            gtext = read_text(good)
-        except OSError:
-            gtext = None
-        except Exception as exc:  # noqa: BLE001
-            gtext = None
-            errors.append((good, "unreadable: %r" % (exc,)))
-        if gtext is not None:
-            gcfg, err = parse(gtext, good)
-            if err is None:
-                errs = validate(gcfg)
-                if not errs:
-                    return with_defaults(gcfg), errors, good
-                err = (good, "unusable: %s: %s" % errs[0])
+            except Exception as exc:  # noqa: BLE001 - e.g. the flash driver failing
+                err = (p, "unreadable: %r" % (exc,))
+            name = p
+            break
+        if name is None:
+            errors.append((paths[0], "missing"))
+        elif err is not None:
             errors.append(err)
+        else:
+            gc.collect()  # the parse's garbage, before validation adds its own
+            # an over-full schedule does not stop a board: it polls as fast as the bus
+            # allows (overruns in health) and says so; the host tools refuse it outright
+            errs = cross_errors(cfg, schema_errors(cfg), budget=False)
+            if not errs:
+                err = _save_good(files, name, good)
+                if err is not None:
+                    errors.append(err)
+                warn = _budget_warning(cfg)
+                if warn is not None:
+                    errors.append(warn)
+                gc.collect()
+                return fill_defaults(cfg), errors, name
+            errors.extend(errs)
+            errs = None
+        cfg = err = None
+        gc.collect()  # the bad config, before the good copy is parsed
+        try:
+            gcfg, err = parse_file(files, good)
+        except OSError:
+            gcfg = None
+        except Exception as exc:  # noqa: BLE001
+            gcfg, err = None, (good, "unreadable: %r" % (exc,))
+        if err is None and gcfg is not None:
+            errs = validate(gcfg)
+            if not errs:
+                gc.collect()
+                return fill_defaults(gcfg), errors, good
+            err = (good, "unusable: %s: %s" % errs[0])
+        if err is not None:
+            errors.append(err)
+        gcfg = None
         return defaults(), errors, "defaults"
     except Exception as exc:  # noqa: BLE001 - loading must never stop the board
         errors.append(("config", "loader failed: %r" % (exc,)))
+        cfg = gcfg = None
         try:
+            gc.collect()
             return defaults(), errors, "defaults"
         except Exception:  # noqa: BLE001
             return {}, errors, "defaults"

@@ -357,9 +357,10 @@ class CountingFiles(cf.FlashFiles):
         self.writes = []
         self.rename_replaces = rename_replaces
 
-    def write(self, name, text):
-        self.writes.append(name)
-        cf.FlashFiles.write(self, name, text)
+    def open(self, name, mode="r"):
+        if "w" in mode:
+            self.writes.append(name)
+        return cf.FlashFiles.open(self, name, mode)
 
     def rename(self, old, new):
         if not self.rename_replaces and new in os.listdir(self.root):
@@ -367,10 +368,10 @@ class CountingFiles(cf.FlashFiles):
         cf.FlashFiles.rename(self, old, new)
 
     def load(self):
-        return cf.load(self.read, ("config.json",), "config.good.json", self.write, self.rename, self.remove)
+        return cf.load(self, ("config.json",), "config.good.json")
 
     def put(self, name, text):
-        with open(self.root + "/" + name, "w") as f:
+        with open(self.root + "/" + name, "wb" if isinstance(text, bytes) else "w") as f:
             f.write(text)
 
     def get(self, name):
@@ -477,21 +478,88 @@ def test_corrupt_or_outdated_good_copy_gives_defaults():
 
 
 def test_load_never_raises():
-    def boom(name):
-        raise RuntimeError("flash on fire")
+    class Burning(cf.FlashFiles):
+        def open(self, name, mode="r"):
+            raise RuntimeError("flash on fire")
 
-    cfg, errors, source = cf.load(boom)
+    cfg, errors, source = cf.load(Burning())
     assert source == "defaults" and cfg == cf.defaults()
     assert errors[0][0] == "config.json" and "flash on fire" in errors[0][1]
 
-    def reader(name):
-        if name == "config.json":
-            return GOOD_TEXT
-        raise OSError(2)
+    class Full(CountingFiles):  # reads work, every write fails: no space left
+        def open(self, name, mode="r"):
+            if "w" in mode:
+                raise OSError(28)
+            return CountingFiles.open(self, name, mode)
 
-    def bad_write(name, text):
-        raise OSError(28)  # no space left
-
-    cfg, errors, source = cf.load(reader, write_text=bad_write, rename=lambda a, b: None)
+    fs = Full(_tmpdir())
+    fs.put("config.json", GOOD_TEXT)
+    cfg, errors, source = fs.load()
     assert source == "config.json" and cfg["poll_interval_s"] == 30
     assert errors[0][0] == "config.good.json" and errors[0][1].startswith("could not save")
+    assert "config.good.json" not in os.listdir(fs.root)
+
+
+def test_not_utf8_uses_the_last_good_config():
+    fs = CountingFiles(_tmpdir())
+    fs.put("config.good.json", GOOD_TEXT)
+    fs.put("config.json", b'{"site": "caf\xe9"}')
+    cfg, errors, source = fs.load()
+    assert source == "config.good.json" and errors == [("config.json", "not UTF-8 text")]
+
+
+def _big_text(site):
+    # several chunks of the file comparison, so the chunk loop is what is tested
+    # (laid out by hand: MicroPython's json.dumps has no indent)
+    meters = ",\n    ".join([json.dumps({"id": "m%d" % k, "protocol": "dlt645-2007", "address": "%012d" % (k + 1)})
+                             for k in range(20)])
+    return '{\n  "site": %s,\n  "poll_interval_s": 60,\n  "meters": [\n    %s\n  ]\n}' % (json.dumps(site), meters)
+
+
+def test_good_copy_compared_chunk_by_chunk():
+    fs = CountingFiles(_tmpdir())
+    text = _big_text("Block A")
+    assert len(text) > 2 * cf.CHUNK and len(text) % cf.CHUNK
+    fs.put("config.json", text)
+    fs.load()
+    assert fs.get("config.good.json") == text and len(fs.writes) == 1
+    assert cf.same_file(fs, "config.json", "config.good.json")
+    fs.load()
+    assert len(fs.writes) == 1  # identical: not rewritten
+    # the same length, one byte different in the last (partial) chunk: rewritten
+    assert text.endswith("\n}")
+    text2 = text[:-2] + " }"
+    fs.put("config.json", text2)
+    assert not cf.same_file(fs, "config.json", "config.good.json")
+    cfg, errors, source = fs.load()
+    assert source == "config.json" and fs.get("config.good.json") == text2 and len(fs.writes) == 2
+    # the same length, different in a full chunk in the middle: rewritten
+    text3 = _big_text("Block B")
+    assert len(text3) == len(text) and text3[:cf.CHUNK] != text2[:cf.CHUNK]
+    fs.put("config.json", text3)
+    cfg, errors, source = fs.load()
+    assert cfg["site"] == "Block B" and fs.get("config.good.json") == text3 and len(fs.writes) == 3
+    # longer or shorter: different
+    fs.put("config.json", text3 + " ")
+    assert not cf.same_file(fs, "config.json", "config.good.json")
+    assert not cf.same_file(fs, "config.good.json", "config.json")
+    assert not cf.same_file(fs, "config.json", "no-such-file.json")
+    assert "config.good.json.tmp" not in os.listdir(fs.root)
+
+
+def test_defaults_filled_in_place_without_aliasing_the_schema():
+    cfg = {"link": {"retries": 3}, "meters": [{"id": "m1", "protocol": "dlt645-2007", "address": "202107072529"}]}
+    meters = cfg["meters"]
+    got = cf.fill_defaults(cfg)
+    assert got is cfg and cfg["meters"] is meters  # no copy: one config on the board
+    assert cfg["link"] == {"retries": 3, "response_timeout_ms": 500, "byte_timeout_ms": 100, "echo": False}
+    assert meters[0]["exporting"] is False and cfg["collectors"] == [] and cfg["clock"]["sync"] is True
+    assert cf.validate(cfg) == []
+    # the defaults filled in are fresh objects: changing them leaves the schema alone
+    cfg["collectors"].append({"id": "k1"})
+    cfg["clock"]["sync"] = False
+    assert SCHEMA["properties"]["collectors"]["default"] == []
+    d = cf.fill_defaults({})
+    assert d["collectors"] == [] and d["clock"]["sync"] is True
+    assert d["collectors"] is not cf.fill_defaults({})["collectors"]
+    assert cf.fill_defaults([1]) == cf.defaults()  # not an object: the defaults
