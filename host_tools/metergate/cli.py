@@ -44,6 +44,7 @@ from metergate.provision.cli import broker_acl_cmd; main.add_command(broker_acl_
 from metergate.provision.cli import commission_cmd; main.add_command(commission_cmd)  # noqa: E402,E702
 from metergate.backoffice.cli import backoffice; main.add_command(backoffice)  # noqa: E402,E702
 from metergate.scoring.cli import score, sample; main.add_command(score); main.add_command(sample)  # noqa: E402,E702
+from metergate.technician.cli import selfcheck_cmd; main.add_command(selfcheck_cmd)  # noqa: E402,E702
 
 
 if __name__ == "__main__":  # pragma: no cover

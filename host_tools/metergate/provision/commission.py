@@ -20,7 +20,6 @@ import json
 import pathlib
 import time
 import tomllib
-import uuid
 
 from metergate.provision.identity import who
 
@@ -278,51 +277,11 @@ def write(rec: dict, out_dir) -> tuple[pathlib.Path, pathlib.Path]:
 
 def run_selfcheck(broker: str, device: str, username=None, password=None, prefix: str = "metergate",
                   token: str | None = None, timeout: float = 300.0) -> dict:
-    """Ask the gateway for a commissioning self-check and return its report:
-    the reply on reply/selfcheck must be ok, then the report on selfcheck
-    (retained) must be newer than the request."""
-    from metergate.bench.broker import MqttProbe
+    """Ask the gateway for a commissioning self-check and return its report
+    (metergate.technician.selfcheck: the reply names the run, the report of that run)."""
+    from metergate.technician import selfcheck as sc
 
-    base = "%s/v1/%s" % (prefix, device)
-    probe = MqttProbe(broker, username=username, password=password, timeout=10).connect()
     try:
-        probe.subscribe(base + "/reply/selfcheck")
-        probe.subscribe(base + "/selfcheck")
-        while True:  # the retained report of an earlier check is not this one
-            try:
-                probe.get(timeout=0.5)
-            except TimeoutError:
-                break
-        cmd_id = uuid.uuid4().hex[:12]
-        cmd = {"id": cmd_id, "mode": "commissioning"}
-        if token:
-            cmd["token"] = token
-        asked = time.time()
-        probe.publish(base + "/cmd/selfcheck", json.dumps(cmd).encode())
-        deadline = time.monotonic() + timeout
-        replied = report = None
-        while time.monotonic() < deadline and (replied is None or report is None):
-            try:
-                msg = probe.get(timeout=max(0.1, deadline - time.monotonic()))
-            except TimeoutError:
-                break
-            try:
-                body = json.loads(msg.payload)
-            except ValueError:
-                continue
-            if msg.topic.endswith("/reply/selfcheck") and body.get("id") == cmd_id:
-                if not body.get("ok"):
-                    raise CommissionError("%s refused the self-check: %s" % (device, body.get("error")))
-                replied = body
-            elif msg.topic.endswith("/selfcheck") and isinstance(body, dict):
-                if body.get("ts") is None or body["ts"] >= int(asked) - 5:
-                    report = body
-        if replied is None:
-            raise CommissionError("%s did not answer cmd/selfcheck within %.0f s (is it online? firmware with "
-                                  "the self-check?) / 网关未应答自检命令" % (device, timeout))
-        if report is None:
-            raise CommissionError("%s accepted the self-check but published no report within %.0f s"
-                                  % (device, timeout))
-        return report
-    finally:
-        probe.disconnect()
+        return sc.run_over_mqtt(broker, device, "commissioning", None, username, password, prefix, token, timeout)
+    except sc.SelfcheckError as exc:
+        raise CommissionError(str(exc)) from None
