@@ -197,10 +197,34 @@ def test_selfcheck_over_the_serial_console(tmp_path, site_path):
                 assert report["device"] == DEVICE and report["mode"] == "full"
                 assert [f["meter"] for f in report["findings"] if f["code"] == "ELEC-IN-OUT-REVERSED"] == ["m3"]
                 assert "[1/" in res.stderr and "did not come back" not in res.stderr
-                # the report is on the flash too, and the app runs again: a second check works
-                assert json.loads((flash / "selfcheck.json").read_text())["run"] == report["run"]
+                assert json.loads((flash / "selfcheck.json").read_text()) == report  # stored on the flash too
+                # the app runs again and reads its meters
+                reading = _console_reading(board.link, "m1", 20)
+                if reading["values"]["voltage"]["q"] == "comm_error" and "already connected" in (
+                        tmp_path / "sim.log").read_text():
+                    pytest.xfail("virtual board: standalone() leaves its bus socket open after the soft reset, "
+                                 "and the simulator refuses the restarted app's connection (one gateway at a time)")
+                assert reading["values"]["voltage"]["q"] == "good"
         finally:
             sim.stop()
+
+
+def _console_reading(port, meter, timeout):
+    """The next READING of `meter` on the board's console."""
+    import time
+
+    import serial
+
+    from metergate.vboard.gateway import ConsoleLines
+
+    lines = ConsoleLines()
+    deadline = time.monotonic() + timeout
+    with serial.Serial(str(port), 115200, timeout=0.2) as ser:
+        while time.monotonic() < deadline:
+            for kind, body in lines.feed(ser.read(4096)):
+                if kind == "READING" and body["meter"] == meter:
+                    return body
+    raise AssertionError("no READING of %s on %s within %d s" % (meter, port, timeout))
 
 
 # -- stored reports: rendering, exit status, bad input ---------------------------------

@@ -111,7 +111,7 @@ def _with(options):
 @click.option("--report", "report_file", type=click.Path(dir_okay=False, path_type=pathlib.Path),
               help="Show a stored report (selfcheck.json) instead of running a check.")
 @click.option("--mode", type=click.Choice(["full", "commissioning"]), default="full", show_default=True)
-@click.option("--meter", help="Check only this meter (with --mqtt).")
+@click.option("--meter", help="Check only this meter (its id in the gateway's config).")
 @click.option("--timeout", type=float, default=300.0, show_default=True, help="Seconds to wait for the report.")
 @click.pass_context
 def selfcheck_cmd(ctx, mqtt_url, device, user, password, topic_prefix, token, lang, as_json, port, report_file,
@@ -131,8 +131,8 @@ def selfcheck_cmd(ctx, mqtt_url, device, user, password, topic_prefix, token, la
                                + (" (not %s together)" % " and ".join(given) if given else ""))
     if mqtt_url and not device:
         raise click.UsageError("--mqtt needs --gateway ID (the gateway's device id)")
-    if meter and not mqtt_url:
-        raise click.UsageError("--meter works with --mqtt only")
+    if meter and report_file:
+        raise click.UsageError("--meter runs a check on one meter: not with --report")
     try:
         if report_file:
             report = sc.load_report(report_file)
@@ -144,7 +144,7 @@ def selfcheck_cmd(ctx, mqtt_url, device, user, password, topic_prefix, token, la
                 else:
                     restarted = []
                     report = sc.run_over_serial(port, mode, timeout, on_progress=progress,
-                                                on_restart=restarted.append)
+                                                on_restart=restarted.append, meter=meter)
             if port and not (restarted and restarted[0] is not None and restarted[0].running):
                 click.echo("%s: the gateway app did not come back after the check: reset the board by hand / "
                            "自检后网关程序未重新运行，请手动复位" % port, err=True)

@@ -6,7 +6,7 @@ Getting a report:
   progress on ``progress``, the report on ``selfcheck`` with the same run.
   ``run_over_mqtt`` wraps it; ``commission`` uses it for commissioning mode.
 - ``run_over_serial``: the board's REPL with mpremote's serial transport: the
-  app is interrupted, ``gateway.selfcheck.run.standalone(mode)`` runs, its
+  app is interrupted, ``gateway.selfcheck.run.standalone(mode, meter)`` runs, its
   ``PROGRESS`` / ``SELFCHECK`` lines are read as they come, then the board is
   reset back into its app.
 - ``load_report``: a stored ``selfcheck.json``.
@@ -367,11 +367,12 @@ class _Lines:
                 raise SelfcheckError("the board printed a SELFCHECK line that is not JSON: %s" % exc) from None
 
 
-_RUN = "import gateway.selfcheck.run as r\nr.standalone(%r)\n"
+_RUN = "import gateway.selfcheck.run as r\nr.standalone(%r, %r)\n"
 
 
 def run_over_serial(port: str, mode: str = "full", timeout: float = 300.0, on_progress=None,
-                    restart: bool = True, restart_timeout: float = 30.0, on_restart=None) -> dict:
+                    restart: bool = True, restart_timeout: float = 30.0, on_restart=None,
+                    meter: str | None = None) -> dict:
     """Run the self-check on the board at `port` through its REPL and return the
     report. The app is stopped while it runs (Ctrl-C, then a soft reset in the
     raw REPL, which skips main.py); with `restart` the board is reset back into
@@ -389,12 +390,18 @@ def run_over_serial(port: str, mode: str = "full", timeout: float = 300.0, on_pr
     lines = _Lines(on_progress)
     platform = None
     try:
-        try:
-            transport.enter_raw_repl(soft_reset=True)
-            platform = transport.eval("__import__('sys').platform")
-            transport.exec_raw_no_follow(_RUN % mode)
-        except TransportError as exc:
-            raise SelfcheckError("%s: the board's REPL did not answer (%s) / 板子 REPL 无应答" % (port, exc)) from None
+        for attempt in (1, 2):
+            # a board still booting (or printing) when Ctrl-C lands may miss the first try
+            try:
+                transport.enter_raw_repl(soft_reset=True)
+                platform = transport.eval("__import__('sys').platform")
+                transport.exec_raw_no_follow(_RUN % (mode, meter))
+                break
+            except TransportError as exc:
+                if attempt == 2:
+                    raise SelfcheckError("%s: the board's REPL did not answer (%s) / 板子 REPL 无应答"
+                                         % (port, exc)) from None
+                time.sleep(0.5)
         out = transport.read_until(1, b"\x04", timeout=None, timeout_overall=timeout, data_consumer=lines.feed)
         if not out.endswith(b"\x04"):
             raise SelfcheckError("%s: no self-check report within %.0f s / 自检未在限时内完成" % (port, timeout))
