@@ -76,13 +76,9 @@ def report_config(errors, source, path=CONFIG):
 
 
 def build_hal(cfg):
-    if sys.platform in ("esp32",):
-        from gateway.hal.esp32 import Esp32HAL
+    from gateway.hal import for_this_board
 
-        return Esp32HAL(cfg)
-    from gateway.hal.unix import UnixHAL
-
-    return UnixHAL(cfg)
+    return for_this_board(cfg)
 
 
 def find_app():

@@ -22,7 +22,7 @@ from gateway import VERSION
 from gateway import jsonout
 from gateway import link as lk
 from gateway import meters as mt
-from gateway.compat import sleep_ms, ticks_add, ticks_diff, ticks_ms, wait_for_ms
+from gateway.compat import const, sleep_ms, ticks_add, ticks_diff, ticks_ms, wait_for_ms
 from gateway.protocols import dlt645
 from gateway.spool import Spool
 
@@ -79,6 +79,22 @@ def _console_writer():
 
     buf = getattr(sys.stdout, "buffer", None)
     return buf.write if buf is not None and hasattr(buf, "write") else None
+
+
+_UNUSED = const(-2)  # a schedule entry no meter uses
+
+
+def _schedule_room(cfg, clock_check_ms):
+    """Schedule entries the config's meters can need (a bad entry is skipped later)."""
+    entries = cfg.get("meters")
+    n = 0
+    for e in entries if isinstance(entries, list) else ():
+        if isinstance(e, dict):
+            g = e.get("groups")
+            n += len(g) if isinstance(g, list) and g else 1
+            if e.get("protocol") != "modbus" and clock_check_ms > 0:
+                n += 1
+    return n
 
 
 class _BufferSink(io.IOBase):
@@ -149,6 +165,11 @@ class Runtime:
         self.spool = Spool(hal.flash_path("spool"), max_bytes=sp.get("max_bytes", 131072),
                            segments=sp.get("segments", 8), max_record=sp.get("max_record", 2048))
         self.boot_count, self.resets = self._count_boot()
+        # schedule: four ints an entry (due tick, meter index, group index (-1: clock
+        # check), interval ms) in one array (64 entries are 1 KB, not 6 KB of small
+        # lists), made now for as many entries as the config can need: a block of
+        # this size may be gone once the meters are built
+        self.schedule = array("i", bytes(16 * _schedule_room(cfg, self.clock_check_ms)))
         # a health message is ~200 bytes a meter: written into a buffer made now, not a
         # fresh string of several KB each time (that needs a free block that large)
         n_meters = len(cfg.get("meters") or ()) if isinstance(cfg.get("meters"), list) else 0
@@ -174,12 +195,7 @@ class Runtime:
         if getattr(hal, "config", None) is not None:
             hal.config = cfg
         self.started = ticks_ms()
-        # schedule: four ints an entry (due tick, meter index, group index (-1: clock
-        # check), interval ms) in one array: 64 entries are 1 KB, not 6 KB of small lists
-        n = 0
-        for m in self.meters:
-            n += len(m.groups) + (1 if isinstance(m, mt.DltMeter) and self.clock_check_ms > 0 else 0)
-        sch = self.schedule = array("i", bytes(16 * n))  # sized once: no list growing into a 4 KB block
+        sch = self.schedule
         now = ticks_ms()
         j = 0
         for k in range(len(self.meters)):
@@ -191,6 +207,9 @@ class Runtime:
                 sch[j], sch[j + 1], sch[j + 2], sch[j + 3] = ticks_add(now, CLOCK_FIRST_S * 1000), k, -1, \
                     self.clock_check_ms
                 j += 4
+        while j < len(sch):  # room for entries a skipped (bad) meter would have had
+            sch[j + 2] = _UNUSED
+            j += 4
         self.jobs = []  # coroutine functions queued by commands, run by the bus task
         self.bus_wake = asyncio.Event()
         self.pub_wake = asyncio.Event()
@@ -289,6 +308,8 @@ class Runtime:
         best = -1
         now = ticks_ms()
         for j in range(0, len(sch), 4):
+            if sch[j + 2] == _UNUSED:
+                continue
             if best < 0 or ticks_diff(sch[j], now) < ticks_diff(sch[best], now):
                 best = j
         return best

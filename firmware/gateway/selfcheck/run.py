@@ -35,7 +35,7 @@ DEFAULTS = {
 # PROTOCOLS.md, "Baud / parity search": DL/T 645 at 8E1, Modbus at N or E
 _DLT_SEARCH = ((2400, "E"), (1200, "E"), (4800, "E"), (9600, "E"), (19200, "E"))
 _MODBUS_SEARCH = ((9600, "N"), (2400, "N"), (9600, "E"), (2400, "E"))
-_CURRENTS = ("current", "current_a", "current_b", "current_c")
+DEAD_AFTER = 3  # reads without one clean frame before the sample gives up on a meter
 _PHASE_CURRENTS = {"single-phase": ("current",), "three-phase-4w": ("current_a", "current_b", "current_c"),
                    "three-phase-3w": ("current_a", "current_c")}
 _SEVERITY_RANK = {"fault": 3, "warning": 2, "info": 1}
@@ -136,13 +136,18 @@ async def _probe(ctx, m, line=None, invert=None, version=None, timeout=None):
 
 # -- link -------------------------------------------------------------------------
 
-async def _sample(ctx, m):
-    """{"sent", "valid", "timeout", "bad_checksum", "bad_frame"} over the sample."""
-    c = {"sent": 0, "valid": 0, "timeout": 0, "bad_checksum": 0, "bad_frame": 0}
-    for _ in range(int(ctx.s["sample"])):
+async def _sample(ctx, m, c=None, give_up=True):
+    """{"sent", "valid", "timeout", "bad_checksum", "bad_frame"} over the sample
+    (continuing counters c). give_up: stop after DEAD_AFTER reads without one
+    clean frame (the search says why; a full sample would only cost time)."""
+    if c is None:
+        c = {"sent": 0, "valid": 0, "timeout": 0, "bad_checksum": 0, "bad_frame": 0}
+    while c["sent"] < int(ctx.s["sample"]):
         res = await _probe(ctx, m)
         c["sent"] += 1
         c[("valid", "timeout", "bad_checksum", "bad_frame")[res] if 0 <= res <= 3 else "bad_frame"] += 1
+        if give_up and c["valid"] == 0 and c["sent"] >= DEAD_AFTER:
+            break
     return c
 
 
@@ -174,16 +179,14 @@ async def _search(ctx, m):
 async def check_link(ctx, m, out):
     """Link findings for one meter; returns (answers, sample counters, needed inversion)."""
     c = await _sample(ctx, m)
+    what = how = None
+    if c["valid"] == 0:
+        what, how = await _search(ctx, m)
+        if what is None:  # nothing else makes it answer: the whole sample at its own setting
+            c = await _sample(ctx, m, c, give_up=False)
     errors = c["sent"] - c["valid"]
     garbled = c["bad_checksum"] + c["bad_frame"]
     addr = dlt645.wire_to_address(m.address) if isinstance(m, mt.DltMeter) else str(m.unit)
-    if c["valid"] and errors == 0:
-        return True, c, False
-    if c["valid"] and garbled * 100 < int(ctx.s["duplicate_pct"]) * c["sent"]:
-        out.append(finding("LINK-INTERMITTENT", m.id, m.position, c, polls=c["sent"], errors=errors,
-                           rate_pct=round(errors * 100 / c["sent"], 1)))
-        return True, c, False
-    what, how = await _search(ctx, m)
     if what == "invert":
         return True, c, True  # A/B: judged once every meter is known (gateway or this meter)
     if what == "line":
@@ -196,6 +199,12 @@ async def check_link(ctx, m, out):
         out.append(finding("LINK-PROTOCOL-VERSION", m.id, m.position, dict(c, found=found), found=found,
                            expected=m.protocol))
         return False, c, False
+    if c["valid"] and errors == 0:
+        return True, c, False
+    if c["valid"] and garbled * 100 < int(ctx.s["duplicate_pct"]) * c["sent"]:
+        out.append(finding("LINK-INTERMITTENT", m.id, m.position, c, polls=c["sent"], errors=errors,
+                           rate_pct=round(errors * 100 / c["sent"], 1)))
+        return True, c, False
     if garbled:
         out.append(finding("LINK-DUPLICATE-ADDRESS", m.id, m.position, c, bus=BUS, address=addr))
         return False, c, False
@@ -501,8 +510,7 @@ def standalone(mode="full", meter=None, config="config.json"):
     from gateway import config as cf
     from gateway.hal import for_this_board
 
-    files = cf.FlashFiles()
-    cfg, errors, source = cf.load(files.read, (config,), cf.GOOD)
+    cfg, errors, source = cf.load(cf.FlashFiles(), (config,), cf.GOOD)
     for where, reason in errors:
         print("[selfcheck] config: %s: %s" % (where, reason))
     hal = for_this_board(cfg)
