@@ -32,6 +32,7 @@ System: ``hal.device_id()`` -> str; ``hal.reset_cause()`` -> one of
 ``hal.reset()`` reboots the board; ``hal.time()`` -> Unix epoch seconds;
 ``hal.ticks_ms()``, ``hal.sleep_ms(ms)``; ``hal.wdt_feed()``;
 ``hal.supply_voltage()`` -> volts, or None without a supply ADC;
+``hal.release()`` lets go of the UART (a console self-check is over);
 ``hal.network_up()`` -> bool.
 
 ``hal.capabilities``: set of strings naming optional hardware features

@@ -88,6 +88,11 @@ class Esp32Uart:
         else:
             self._uart.init(**kw)
 
+    def deinit(self):
+        if self._uart is not None:
+            self._uart.deinit()
+            self._uart = None
+
     def write(self, buf):
         return self._uart.write(buf)
 
@@ -207,6 +212,15 @@ class Esp32HAL:
     def wdt_feed(self):
         if self._wdt is not None:
             self._wdt.feed()
+
+    def release(self):
+        """Let go of the UART (a check run from the console is over)."""
+        if self._uart is not None:
+            try:
+                self._uart.deinit()
+            except Exception:  # noqa: BLE001
+                pass
+            self._uart = None
 
     def supply_voltage(self):
         if self._adc is None:

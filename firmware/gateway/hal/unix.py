@@ -324,6 +324,16 @@ class UnixHAL:
     def reset_cause(self):
         return self._reset_cause
 
+    def release(self):
+        """Let go of the bus (the simulator serves one gateway at a time): after a
+        check run from the console, before the app starts again."""
+        if self._uart is not None:
+            try:
+                self._uart.close()
+            except Exception:  # noqa: BLE001
+                pass
+            self._uart = None
+
     def reset(self):
         # a real reset drops every connection; here the process lives on, so close the
         # bus link now (the simulator serves one gateway at a time)

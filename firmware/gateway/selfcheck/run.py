@@ -529,7 +529,10 @@ def standalone(mode="full", meter=None, config="config.json"):
         print("PROGRESS " + json.dumps(p))
 
     ctx = Context(hal, link, meters, cfg, hal.device_id(), (hal.reset_cause(),), progress)
-    rep = asyncio.run(check(ctx, mode, meter))
+    try:
+        rep = asyncio.run(check(ctx, mode, meter))
+    finally:
+        hal.release()
     store(hal, rep)
     print("SELFCHECK " + json.dumps(rep))
     return rep
