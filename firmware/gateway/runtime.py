@@ -699,14 +699,18 @@ class Runtime:
     # -- self-check (gateway/selfcheck/run.py; docs/selfcheck.md) ---------------------
     def start_selfcheck(self, mode, meter=None):
         """Queue a self-check on the bus; returns its run number (the report's `run`)."""
-        self.selfcheck_runs += 1
-        run = self.selfcheck_runs
+        run = self._next_run()
 
         async def job():
             await self._selfcheck(mode, meter, run)
 
         self.queue_job(job)
         return run
+
+    def _next_run(self):
+        """A run number unique across reboots: boot count x 1000 + the runs of this boot."""
+        self.selfcheck_runs += 1
+        return self.boot_count * 1000 + self.selfcheck_runs
 
     def _selfcheck_context(self, run):
         from gateway.selfcheck import run as sc
@@ -786,8 +790,7 @@ class Runtime:
             if isinstance(pos, bool) or not isinstance(pos, int):
                 raise ValueError("position must be an integer")
             return await self.on_bus(lambda: corr.off_step(ctx, pos))
-        self.selfcheck_runs += 1
-        ctx.run = self.selfcheck_runs
+        ctx.run = self._next_run()
         rep = sc.report(ctx, "correspondence", self.hal.time(), 0, self.meters, {}, corr.findings)
         rep["steps"] = corr.steps
         self.correspondence = None

@@ -81,6 +81,10 @@ def build(base: dict, device_id: str, board: dict | None, broker: str | None, cr
         cfg["mqtt"] = mqtt
     if wifi:
         cfg["wifi"] = wifi
+    # the gateway checks the crew's work itself at its first boot (docs/selfcheck.md)
+    check = dict(cfg.get("selfcheck") or {})
+    check.setdefault("on_first_boot", True)
+    cfg["selfcheck"] = check
     errors = devconfig.check(cfg)
     if errors:
         raise DeviceConfigError("config.json for %s is not valid, nothing written: %s"
