@@ -151,8 +151,10 @@ def test_every_kind_stored_once_and_contract_breakers_quarantined(broker, tmp_pa
             "config": {"source": "config.json", "errors": 0},
             "spool": {"depth": 0, "dropped": 0, "bytes": 0, "next_seq": 3}, "mqtt": None,
             "bus": {"idle_junk": 0, "overruns": 0}, "meters": {}, "collectors": {}})
-        selfcheck = ("metergate/v1/%s/selfcheck" % dev, b'{"device": "%s", "ts": 1795456900, "findings": []}'
-                     % dev.encode())
+        selfcheck = traffic.message(dev, "selfcheck", {
+            "device": dev, "run": 3001, "mode": "full", "fw": "0.5.0", "started": 1795456860, "ts": 1795456900,
+            "duration_s": 40, "summary": {"fault": 0, "warning": 0, "info": 0},
+            "meters": {"m1": {"position": 1, "protocol": "dlt645-2007", "status": "ok"}}, "findings": []})
         no_seq = ("metergate/v1/%s/reading" % dev,
                   b'{"device": "%s", "meter": "m1", "ts": 1, "group": "g", "values": {}}' % dev.encode())
         not_json = ("metergate/v1/%s/reading" % dev, b"\xff not json")
@@ -172,7 +174,7 @@ def test_every_kind_stored_once_and_contract_breakers_quarantined(broker, tmp_pa
         assert s.query("SELECT seq, meter, ts FROM readings ORDER BY seq") == [(1, "m1", 1795456800),
                                                                                (2, "m2", 1795456800)]
         assert s.query("SELECT boot_count, uptime_s FROM health") == [(3, 61)]
-        assert s.query("SELECT device, time, validated FROM selfchecks")[0][:2] == (dev, 1795456900)
+        assert s.query("SELECT device, time, validated FROM selfchecks") == [(dev, 1795456900, 1)]
         assert s.query("SELECT state, boot_count FROM gateways WHERE device = ?", (dev,)) == [("offline", 3)]
         assert s.query("SELECT state FROM gateway_events WHERE device = ? ORDER BY id", (dev,)) == [
             ("online",), ("offline",)]

@@ -24,11 +24,11 @@ asset = "{asset}"
 """
 
 
-def _site(tmp_path, faults=(), wrong_meter=False, m02_1997=False):
+def _site(tmp_path, faults=(), wrong_meter=False, m02_1997=False, n=3):
     extra = [{"index": 2, "protocol": "dlt645-1997", "model": "generic-1997", "baud": 1200,
               "address": "000000000002"}] if m02_1997 else ()
-    text = site_text(n=3, n_three_phase=0, n_1997=0, n_modbus=0, baud=9600, faults=faults, extra_meters=extra)
-    for pos in (1, 2, 3):
+    text = site_text(n=n, n_three_phase=0, n_1997=0, n_modbus=0, baud=9600, faults=faults, extra_meters=extra)
+    for pos in range(1, n + 1):
         asset = ("%012d" if m02_1997 and pos == 2 else "2023%08d") % pos
         if wrong_meter and pos == 2:
             asset = "202399999999"  # the order names another meter than the one installed
@@ -105,3 +105,25 @@ def test_protocol_version_is_named(tmp_path):
     assert ("LINK-PROTOCOL-VERSION", "m02") in _link(rep)
     f = [f for f in rep["findings"] if f["code"] == "LINK-PROTOCOL-VERSION"][0]
     assert f["evidence"]["found"] == "dlt645-1997"
+
+
+def _only_m01(cfg):
+    cfg["meters"] = [m for m in cfg["meters"] if m["id"] == "m01"]
+
+
+def test_meters_the_config_does_not_know_answer_the_broadcast(tmp_path):
+    path, site = _site(tmp_path)  # three meters on the bus, the config knows one
+    rep = _run(tmp_path, path, site, _only_m01)
+    assert _link(rep) == [("ID-UNEXPECTED-METER", None)], rep["findings"]
+
+
+def test_the_only_meter_at_another_address_is_discovered(tmp_path):
+    path, site = _site(tmp_path, n=1)
+
+    def wrong_address(cfg):
+        cfg["meters"][0]["address"] = "202399999999"
+
+    rep = _run(tmp_path, path, site, wrong_address)
+    assert _link(rep) == [("ID-ADDRESS-DISCOVERED", "m01"), ("LINK-NO-RESPONSE", "m01")], rep["findings"]
+    f = [f for f in rep["findings"] if f["code"] == "ID-ADDRESS-DISCOVERED"][0]
+    assert f["evidence"] == {"configured": "202399999999", "found": "202300000001"}

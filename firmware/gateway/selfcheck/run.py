@@ -260,19 +260,30 @@ async def check_identity(ctx, m, out):
                            expected=m.asset, found=found))
 
 
-async def discover(ctx, out):
-    """A bus configured with one DL/T 645 meter that does not answer at its address:
-    ask whoever is there for its address (fn 13 to AAAAAAAAAAAA)."""
-    dlt = [m for m in ctx.meters if isinstance(m, mt.DltMeter)]
-    if len(ctx.meters) != 1 or len(dlt) != 1:
+async def discover(ctx, out, answered):
+    """A bus configured with one DL/T 645 meter: ask whoever is there for its
+    address (fn 13 to AAAAAAAAAAAA). Another address there: a meter the work order
+    does not know (or, when the configured one is silent, the meter actually
+    installed); garbled replies: more than one meter answers."""
+    if len(ctx.meters) != 1 or not isinstance(ctx.meters[0], mt.DltMeter):
         return
-    m = dlt[0]
+    m = ctx.meters[0]
     res, f = await _dlt_read(ctx, m, None, 2007, address=dlt645.WILDCARD, fn=dlt645.FN_READ_ADDRESS,
                              timeout=int(ctx.s["probe_timeout_ms"]))
+    configured = dlt645.wire_to_address(m.address)
     if res == lk.OK and f is not None:
         found = dlt645.wire_to_address(f.address)
-        out.append(finding("ID-ADDRESS-DISCOVERED", m.id, m.position, {"configured":
-                           dlt645.wire_to_address(m.address), "found": found}, bus=BUS, address=found))
+        if found == configured:
+            return
+        ev = {"configured": configured, "found": found}
+        if answered:
+            out.append(finding("ID-UNEXPECTED-METER", None, None, ev, found=found))
+        else:
+            out.append(finding("ID-ADDRESS-DISCOVERED", m.id, m.position, ev, bus=BUS, address=found))
+    elif res in (lk.BAD_CHECKSUM, lk.BAD_FRAME):
+        out.append(finding("ID-UNEXPECTED-METER", None, None, {"configured": configured,
+                                                               "broadcast": lk.result_name(res)},
+                           found="2+ (the broadcast read collides)"))
 
 
 # -- electrical ---------------------------------------------------------------------
@@ -382,8 +393,8 @@ async def check(ctx, mode="full", only=None):
         for m in inverted:  # one meter's pair: that meter's transactions run inverted
             out.append(finding("LINK-AB-SWAPPED", m.id, m.position, counts[m.id]))
             m.invert = not m.invert
-    if not answering and not inverted:
-        await discover(ctx, out)
+    if only is None:
+        await discover(ctx, out, bool(answering))
     first = {}
     t_first = ticks_ms()
     for k in range(total):
