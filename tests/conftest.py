@@ -35,3 +35,18 @@ def pki(tmp_path):
         openssl(d, "x509", "-req", "-in", "%s.csr" % name, "-CA", "ca.crt", "-CAkey", "ca.key",
                 "-CAcreateserial", "-days", "2", "-extfile", "%s.ext" % name, "-out", "%s.crt" % name)
     return d
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A throwaway PostgreSQL cluster on loopback (metergate.backoffice.pgserver), shared
+    by the back-office tests of one pytest worker; skipped with the reason where none can run."""
+    from metergate.backoffice.pgserver import start_or_reason
+
+    pg, why_not = start_or_reason(ROOT / "scripts" / "system-deps.sh", fsync=False)
+    if pg is None:
+        pytest.skip(why_not)
+    try:
+        yield pg
+    finally:
+        pg.stop()

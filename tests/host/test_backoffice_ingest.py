@@ -16,7 +16,6 @@ import pytest
 
 from metergate.backoffice import traffic
 from metergate.backoffice.ingest import BROKER_SETTINGS, Ingest
-from metergate.backoffice.pgserver import start_or_reason
 from metergate.backoffice.store import Store
 from metergate.bench.broker import Broker
 from metergate.bench.procs import ManagedProcess
@@ -29,17 +28,6 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 def broker():
     with Broker(extra_config=BROKER_SETTINGS) as b:
         yield b
-
-
-@pytest.fixture(scope="module")
-def postgres():
-    pg, why_not = start_or_reason(REPO / "scripts" / "system-deps.sh", fsync=False)
-    if pg is None:
-        pytest.skip(why_not)
-    try:
-        yield pg
-    finally:
-        pg.stop()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

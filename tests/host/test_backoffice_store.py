@@ -9,21 +9,9 @@ import uuid
 import pytest
 
 from metergate.backoffice import migrations
-from metergate.backoffice.pgserver import start_or_reason
 from metergate.backoffice.store import Store, StoreError, Unavailable, parse_db_url
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def postgres():
-    pg, why_not = start_or_reason(REPO / "scripts" / "system-deps.sh", fsync=False)
-    if pg is None:
-        pytest.skip(why_not)
-    try:
-        yield pg
-    finally:
-        pg.stop()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -14,7 +14,6 @@ from click.testing import CliRunner
 
 from metergate.backoffice import imports, success, traffic
 from metergate.backoffice.ingest import BatchWriter, classify
-from metergate.backoffice.pgserver import start_or_reason
 from metergate.backoffice.rule import CollectionRule
 from metergate.backoffice.store import Store
 from metergate.cli import main
@@ -28,17 +27,6 @@ def at(day, hour, minute=0, tz="Asia/Shanghai"):
     import zoneinfo
 
     return int(datetime.datetime.combine(day, datetime.time(hour, minute), zoneinfo.ZoneInfo(tz)).timestamp())
-
-
-@pytest.fixture(scope="module")
-def postgres():
-    pg, why_not = start_or_reason(REPO / "scripts" / "system-deps.sh", fsync=False)
-    if pg is None:
-        pytest.skip(why_not)
-    try:
-        yield pg
-    finally:
-        pg.stop()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
