@@ -1,2 +1,2 @@
 # Metergate gateway application (MicroPython; also imports under CPython for tests).
-VERSION = "0.4.0"
+VERSION = "0.5.0"
