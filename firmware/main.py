@@ -99,8 +99,8 @@ def preload():
     MQTT and spool buffers (an ESP32 with frozen code has no such problem).
     A failure here is reported again, with its traceback, by find_app()."""
     try:
-        import gateway.runtime  # noqa: F401
-        import gateway.mqtt  # noqa: F401
+        __import__("gateway.runtime")
+        __import__("gateway.mqtt")
     except Exception:  # noqa: BLE001
         pass
 

@@ -12,7 +12,7 @@ tests stay on the common ground; docs/codecs/dlt645.md lists the differences."""
 import struct
 
 import pytest
-from hypothesis import assume, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dlt645 import CtrlCode, DLT645Protocol, MeterClientService, MeterServerService

@@ -4,7 +4,6 @@ for it, and runs the guided breaker test; the report reaches a paho subscriber,
 checked against the contract."""
 
 import json
-import time
 
 import pytest
 

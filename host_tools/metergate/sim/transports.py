@@ -146,10 +146,11 @@ class TcpTransport(_Listener):
             self.client = (addr, "mguart" if mguart else "raw")
             log.info("gateway connected from %s:%s (%s)", addr[0], addr[1], self.client[1])
 
-            def sink(data, conn=conn):
+            def send(data, conn=conn):
                 conn.settimeout(SEND_TIMEOUT_S)
                 conn.sendall(data)
 
+            sink = send
             self.runner.attach(sink, self.line)
             if mguart:
                 self._mguart(conn, first[len(MAGIC):])

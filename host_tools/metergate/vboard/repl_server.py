@@ -155,7 +155,7 @@ class Board:
         reset = False
         try:
             exec(compile(bytes(src), "<stdin>", "exec"), self.g)
-        except SystemExit as exc:
+        except SystemExit:
             reset = True
         except BaseException as exc:  # noqa: B036
             err = _exc_text(exc)
