@@ -740,6 +740,7 @@ class Runtime:
         text = json.dumps(rep)
         rep = None
         self.out("SELFCHECK " + text)
+        await sleep_ms(50)  # the last progress messages (tasks of their own) leave before the report
         if self.mqtt is not None and self.mqtt.connected:
             await self.mqtt.publish(self.base + "/selfcheck", text.encode(), qos=1, retain=True)
 
