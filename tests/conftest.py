@@ -50,3 +50,15 @@ def postgres():
         yield pg
     finally:
         pg.stop()
+
+
+@pytest.fixture
+def broker(tmp_path):
+    """A mosquitto with persistence on a free loopback port (metergate.bench.broker),
+    for the end-to-end gateway tests; stopped afterwards."""
+    from metergate.bench.broker import Broker
+
+    b = Broker(workdir=tmp_path / "broker", persistence=True)
+    b.start()
+    yield b
+    b.stop()

@@ -46,15 +46,17 @@ def sources(root: pathlib.Path = FIRMWARE_DIR) -> list[pathlib.Path]:
     return sorted(p for p in root.rglob("*.py") if "__pycache__" not in p.parts)
 
 
-def build(out: pathlib.Path, root: pathlib.Path = FIRMWARE_DIR) -> list[tuple[pathlib.Path, int]]:
-    """Compile every firmware module into `out`, mirroring the tree.
+def build(out: pathlib.Path, root: pathlib.Path = FIRMWARE_DIR,
+          mpy_cross: list[str] | None = None) -> list[tuple[pathlib.Path, int]]:
+    """Compile every firmware module into `out`, mirroring the tree, with
+    `mpy_cross` (argv of the compiler; default: the one this project pins).
 
     Returns (relative path, size in bytes) for each file written. Raises
     BuildError naming the file and the compiler's message on the first failure.
     """
     if out.exists():
         shutil.rmtree(out)
-    cmd = mpy_cross_command()
+    cmd = list(mpy_cross) if mpy_cross else mpy_cross_command()
     written = []
     for src in sources(root):
         rel = src.relative_to(root)

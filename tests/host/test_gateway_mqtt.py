@@ -36,14 +36,6 @@ def console_seqs(bench):
     return seqs
 
 
-@pytest.fixture
-def broker(tmp_path):
-    b = Broker(workdir=tmp_path / "broker", persistence=True)
-    b.start()
-    yield b
-    b.stop()
-
-
 def test_readings_health_status_and_commands_reach_the_broker(tmp_path, broker):
     probe = MqttProbe(broker.url, client_id="backoffice-test", clean_session=False).connect()
     probe.subscribe(BASE + "/#", qos=1)

@@ -1,13 +1,12 @@
 """The self-check on the virtual board, end to end: the firmware checks the
-simulated meter box on command (MQTT), on its first boot when provisioning asks
-for it, and runs the guided breaker test; the report reaches a paho subscriber,
-checked against the contract."""
+simulated demo box on command (MQTT); the reply, the progress and the report
+reach a paho subscriber, checked against the contract, and the report is on the
+board's flash. (At first boot: test_selfcheck_link_faults.py; the guided breaker
+test: test_selfcheck_cli.py.)"""
 
 import json
 
-import pytest
-
-from metergate.bench.broker import Broker, MqttProbe
+from metergate.bench.broker import MqttProbe
 from metergate.sim import DEMO_SITE
 from metergate.sim.site import load_site
 from metergate.vboard.gateway import Bench, site_config
@@ -17,14 +16,6 @@ from received import Received
 DEVICE = "gw-sc"
 BASE = "metergate/v1/" + DEVICE
 FAST = {"sample": 5, "energy_window_s": 8, "idle_listen_ms": 300}
-
-
-@pytest.fixture
-def broker(tmp_path):
-    b = Broker(workdir=tmp_path / "broker", persistence=True)
-    b.start()
-    yield b
-    b.stop()
 
 
 def _config(broker_url, **selfcheck):

@@ -18,7 +18,8 @@ import subprocess
 import sys
 import threading
 
-from metergate.firmware import FIRMWARE_DIR, KEEP_AS_SOURCE, sources
+from metergate.firmware import FIRMWARE_DIR, BuildError, sources
+from metergate.firmware import build as firmware_build
 
 _LOCK = threading.Lock()
 
@@ -92,20 +93,11 @@ def build(mpy_cross: str, root: pathlib.Path = FIRMWARE_DIR, cache: pathlib.Path
         if not (out / ".complete").exists():
             tmp = out.with_name(out.name + ".tmp%d" % os.getpid())
             shutil.rmtree(tmp, ignore_errors=True)
-            for src in sources(root):
-                rel = src.relative_to(root)
-                if rel.name in KEEP_AS_SOURCE:
-                    dest = tmp / rel
-                    dest.parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copyfile(src, dest)
-                    continue
-                dest = (tmp / rel).with_suffix(".mpy")
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                proc = subprocess.run([mpy_cross, "-o", str(dest), "-s", str(rel), str(src)],
-                                      capture_output=True, text=True)
-                if proc.returncode != 0:
-                    shutil.rmtree(tmp, ignore_errors=True)
-                    raise AppError("mpy-cross rejected %s: %s" % (rel, (proc.stderr or proc.stdout).strip()))
+            try:
+                firmware_build(tmp, root, [mpy_cross])
+            except BuildError as exc:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise AppError("mpy-cross rejected %s" % exc)
             (tmp / ".complete").write_text("")
             out.parent.mkdir(parents=True, exist_ok=True)
             try:
