@@ -146,3 +146,27 @@ def test_broker_acl_command(tmp_path):
     (tmp_path / "records" / "credentials.json").write_text("{not json")
     res = runner.invoke(main, ["broker-acl", "--records", str(tmp_path / "records"), "--out", str(tmp_path / "o")])
     assert res.exit_code == 1 and "credentials.json: not JSON" in res.output
+
+
+def test_credentials_made_by_parallel_provisioning_threads_are_all_kept(tmp_path):
+    # a batch provisions its boards in threads: each makes its device's entry in the one store
+    import threading
+
+    store = CredentialStore(tmp_path / "records" / "credentials.json")
+    ids = ["vb-%012x" % k for k in range(16)]
+    errors = []
+
+    def make(dev):
+        try:
+            store.for_device(dev)
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=make, args=(dev,)) for dev in ids]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert sorted(CredentialStore(tmp_path / "records" / "credentials.json").devices()) == ids
+    assert [p.name for p in (tmp_path / "records").iterdir() if p.name.endswith(".tmp")] == []

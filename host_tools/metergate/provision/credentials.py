@@ -22,11 +22,14 @@ The broker user name is the device id.
 from __future__ import annotations
 
 import base64
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import pathlib
 import secrets
+import threading
 import time
 
 from metergate.provision.identity import check_device_id
@@ -40,8 +43,24 @@ class CredentialError(Exception):
 
 
 class CredentialStore:
+    """Per-device broker credentials in one JSON file (mode 0600). A batch provisions
+    boards in parallel threads (and several batches may run at once): every
+    read-modify-write holds a lock (a thread lock and an flock on `<file>.lock`), so
+    no device's entry is lost and no two writers share a temporary file."""
+
     def __init__(self, path):
         self.path = pathlib.Path(path)
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def _locked(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._lock, open(self.path.with_name(self.path.name + ".lock"), "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
 
     def load(self) -> dict:
         if not self.path.exists():
@@ -59,7 +78,7 @@ class CredentialStore:
 
     def _save(self, data: dict):
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp = self.path.with_name("%s.%d.tmp" % (self.path.name, os.getpid()))
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(data, fh, indent=2, sort_keys=True)
@@ -69,14 +88,15 @@ class CredentialStore:
     def for_device(self, device_id: str) -> tuple[dict, bool]:
         """(credentials, created): the device's entry, made and saved when missing."""
         check_device_id(device_id)
-        data = self.load()
-        entry = data["devices"].get(device_id)
-        if entry is not None:
-            return entry, False
-        entry = {"user": device_id, "password": secrets.token_urlsafe(16),
-                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        data["devices"][device_id] = entry
-        self._save(data)
+        with self._locked():
+            data = self.load()
+            entry = data["devices"].get(device_id)
+            if entry is not None:
+                return entry, False
+            entry = {"user": device_id, "password": secrets.token_urlsafe(16),
+                     "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            data["devices"][device_id] = entry
+            self._save(data)
         return entry, True
 
     def devices(self) -> dict:
