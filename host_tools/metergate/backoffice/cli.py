@@ -73,6 +73,7 @@ def ingest_cmd(broker_url, db_url, group, client_id, prefix, username, password,
     Acknowledges each message only after it is committed; run it under a
     supervisor that restarts it (the broker keeps its session meanwhile).
     """
+    from metergate.backoffice.consumer import MqttError
     from metergate.backoffice.ingest import Ingest
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
@@ -89,7 +90,7 @@ def ingest_cmd(broker_url, db_url, group, client_id, prefix, username, password,
                                              " in group %s" % group if group else ""), err=True)
     try:
         counts = ingest.run()
-    except StoreError as exc:
+    except (StoreError, MqttError) as exc:  # MqttError: refused at the first connection (credentials, ACL)
         raise click.ClickException(str(exc))
     if counts:
         click.echo("ingest stopped: %s" % ", ".join("%s %d" % kv for kv in counts.items()), err=True)
