@@ -234,12 +234,14 @@ class PacketReader:
                 if limit is not None and got >= limit:
                     break
                 first = buf[pos]
-                # the remaining length, one- and two-byte cases inline: nearly every packet
+                # the remaining length, one- and two-byte cases inline (every packet up to 16 KiB)
                 if pos + 1 >= end:
                     break
                 b = buf[pos + 1]
                 if b < 0x80:
                     length, start = b, pos + 2
+                elif pos + 2 < end and buf[pos + 2] < 0x80:
+                    length, start = (b & 0x7F) | (buf[pos + 2] << 7), pos + 3
                 else:
                     r = decode_remaining_length(buf, pos + 1, end)
                     if r is None:

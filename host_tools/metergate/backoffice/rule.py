@@ -25,6 +25,8 @@ class CollectionRule:
     tz: str = dataclasses.field(default_factory=lambda: os.environ.get("METERGATE_TZ", DEFAULT_TZ))
     # work orders: how many full collection days after the closing day are measured
     window_days: int = 1
+    # (first, end) in Unix seconds of the last local day looked up, and that day: readings come in time order
+    _day_memo: tuple = dataclasses.field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self):
         try:
@@ -41,7 +43,19 @@ class CollectionRule:
         return zoneinfo.ZoneInfo(self.tz)
 
     def day_of(self, unix_s: int) -> datetime.date:
-        return datetime.datetime.fromtimestamp(unix_s, self.zone).date()
+        memo = self._day_memo
+        if memo is not None and memo[0] <= unix_s < memo[1]:
+            return memo[2]
+        zone = self.zone
+        local = datetime.datetime.fromtimestamp(unix_s, zone)
+        offset = local.utcoffset()
+        first = unix_s - (unix_s + int(offset.total_seconds())) % 86400
+        end = first + 86400
+        # the span is that day only if the UTC offset is the same at both ends (no DST change that day)
+        if (datetime.datetime.fromtimestamp(first, zone).utcoffset() == offset
+                and datetime.datetime.fromtimestamp(end - 1, zone).utcoffset() == offset):
+            object.__setattr__(self, "_day_memo", (first, end, local.date()))
+        return local.date()
 
     def today(self) -> datetime.date:
         return datetime.datetime.now(self.zone).date()
@@ -59,6 +73,16 @@ class CollectionRule:
                 day = self.day_of(value["t"]).isoformat()
                 out.setdefault(day, "seq %d %s=%s t=%d" % (reading["seq"], item, value["v"], value["t"]))
         return out
+
+    def collected_days(self, reading: dict):
+        """The keys of collected(reading), without writing the evidence (the ingest's hot path)."""
+        values = reading.get("values") or {}
+        days = []
+        for item in self.items:
+            value = values.get(item)
+            if isinstance(value, dict) and value.get("q") in self.qualities and "v" in value:
+                days.append(self.day_of(value["t"]).isoformat())
+        return days
 
     def describe(self):
         return "items %s with quality %s, day in %s" % ("/".join(self.items), "/".join(self.qualities), self.tz)
