@@ -314,10 +314,11 @@ class PacketReader:
         tlen = (buf[start] << 8) | buf[start + 1]
         qos = (first >> 1) & 3
         head = start + 2 + tlen + (2 if qos else 0)
-        if head > end:
-            return None
         stop = start + length
-        m = PacketReader._publish(buf, first, start, min(stop, max(head, min(end, head + OVERSIZED_KEEP))))
+        keep = min(stop, head + OVERSIZED_KEEP)
+        if keep > end:
+            return None  # the topic, packet id and the bytes to keep are not all here yet
+        m = PacketReader._publish(buf, first, start, keep)
         m.size = stop - head
         m.truncated = True
         return m
