@@ -9,10 +9,12 @@
 #    takes it. Can the ingest keep pace with the stream?
 # 2. Backlog (capacity): the stream is queued on the broker for each
 #    consumer's persistent session, then each drains it alone: mosquitto_sub;
-#    a paho-mqtt consumer that only acknowledges (a second peer: the Python
-#    MQTT client's own ceiling); the ingest into SQLite (WAL, synchronous=FULL);
-#    into PostgreSQL (fsync on, a server started for the run); two ingest
-#    processes sharing the load through `--group` into SQLite.
+#    a paho-mqtt consumer that only acknowledges (the Python MQTT client's own
+#    ceiling: why the ingest no longer uses it); the ingest's own consumer
+#    session (backoffice/consumer.py) that only acknowledges, a batch at a
+#    time (its ceiling); the ingest into SQLite (WAL, synchronous=FULL); into
+#    PostgreSQL (fsync on, a server started for the run); two ingest processes
+#    sharing the load through `--group` into SQLite.
 #
 # Rates are first to last message (mosquitto_sub's receive timestamps, the
 # ingest's committed rows polled), so start-up is left out of both sides.
@@ -147,6 +149,34 @@ def _paho_drain(broker, count=None):
         client.loop_stop()
 
 
+def _lean_drain(broker, count=None, batch=1000):
+    """The ingest's consumer session, acknowledging each batch at once and
+    storing nothing. Without `count`: create the session and leave. Returns readings/s."""
+    from metergate.backoffice.consumer import Session
+
+    s = Session(broker.host, broker.port, "bench-lean")
+    s.connect()
+    try:
+        s.subscribe([TOPIC])
+        if count is None:
+            return None
+        got, first, last = 0, None, None
+        deadline = time.monotonic() + 600
+        while got < count:
+            messages = s.receive(batch, 0.02, 0.2)
+            if messages:
+                last = time.monotonic()
+                if first is None:
+                    first, got_first = last, len(messages)
+                s.ack([m.packet_id for m in messages])
+                got += len(messages)
+            elif time.monotonic() > deadline:
+                raise RuntimeError("lean consumer received %d of %d" % (got, count))
+        return (count - got_first) / max(1e-9, last - first)
+    finally:
+        s.close()
+
+
 def _live(broker, work, messages):
     """Both consumers connected while the stream is published: (raw rate, ingest rate, publish rate)."""
     from metergate.backoffice import traffic
@@ -195,6 +225,7 @@ def run():
             # backlog: every session exists before the stream is queued for it
             subprocess.run(_mosquitto_sub(broker, "bench-raw"), check=True, timeout=60)
             _paho_drain(broker)
+            _lean_drain(broker)
             idle = _idle(broker, sqlite_url, "bench-sqlite", work)
             if pg is not None:
                 _idle(broker, pg.url, "bench-pg", work)
@@ -207,6 +238,7 @@ def run():
                 subprocess.run(_mosquitto_sub(broker, "bench-raw", N), stdout=fh, check=True, timeout=600)
             raw = _raw_rate(out)
             paho = _paho_drain(broker, N)
+            lean = _lean_drain(broker, N)
             sqlite_rate, (sqlite_peak,) = _drain(broker, sqlite_url, ["bench-sqlite"], work)
             pg_rate = pg_peak = None
             if pg is not None:
@@ -225,6 +257,8 @@ def run():
     print("     mosquitto_sub (peer)            %8.0f readings/s" % raw)
     print("     paho consumer, acking only      %8.0f readings/s  ratio %.2f  (the Python client's ceiling)"
           % (paho, paho / raw))
+    print("     own consumer session, acking    %8.0f readings/s  ratio %.2f  (the ingest's MQTT side alone)"
+          % (lean, lean / raw))
     print("     ingest -> SQLite (FULL sync)    %8.0f readings/s  ratio %.2f  (target >= 0.5: %s; / paho %.2f)"
           % (sqlite_rate, sqlite_rate / raw, "met" if sqlite_rate >= 0.5 * raw else "NOT met", sqlite_rate / paho))
     if pg_rate is not None:
