@@ -10,6 +10,7 @@ sys.path.insert(0, sys.argv[1])  # the compiled firmware
 import asyncio  # noqa: E402
 
 import test_runtime as tr  # noqa: E402
+from gateway import link as lk  # noqa: E402
 
 gc.collect()
 base = gc.mem_alloc()
@@ -42,13 +43,13 @@ asyncio.run(rounds(1))  # first use: caches, lazily built tables
 gc.collect()
 gc.disable()
 fake[0] = 0
-tx0 = sum(m.counters.sent for m in rt.meters)
+tx0 = sum(m.stats[lk.SENT] for m in rt.meters)
 a0 = gc.mem_alloc()
 asyncio.run(rounds(2))
 a1 = gc.mem_alloc()
 gc.enable()
 gc.collect()
-tx = sum(m.counters.sent for m in rt.meters) - tx0
+tx = sum(m.stats[lk.SENT] for m in rt.meters) - tx0
 ours = a1 - a0 - fake[0]
 print("static %d garbage_per_reading %d garbage_per_transaction %d readings 6 transactions %d" % (
     static, ours // 6, ours // tx, tx))

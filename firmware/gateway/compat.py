@@ -40,3 +40,14 @@ except ImportError:
 
     def wait_for_ms(aw, ms):
         return _asyncio.wait_for(aw, ms / 1000)
+
+
+# The bytes of an ASCII str without a copy: MicroPython's memoryview takes a
+# str; CPython's does not (encode, the copy does not matter there).
+try:
+    memoryview("")
+    str_bytes = memoryview
+except TypeError:  # CPython
+
+    def str_bytes(s):
+        return s.encode()

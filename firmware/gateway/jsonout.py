@@ -6,7 +6,7 @@
 # runtime.reading_json() gives (a test checks both agree).
 import json
 
-from gateway.compat import const
+from gateway.compat import const, str_bytes
 
 SIZE = const(2048)
 
@@ -43,15 +43,15 @@ def item_out(name, unit):
     return it
 
 
-def meter_head(device, meter):
-    """The bytes every reading of one meter starts with, up to its seq."""
-    return b'{"device":' + _lit(device) + b',"meter":' + _lit(meter) + b',"seq":'
+def device_head(device):
+    """The bytes every reading of this gateway starts with, up to its meter id
+    (written as it is: meter ids need no escaping, gateway/meters.py)."""
+    return b'{"device":' + _lit(device) + b',"meter":"'
 
 
 class GroupOut:
     """The constant bytes of one poll group: its name and its items' pieces.
-    Meters configured alike share one (group_out()); the meter's own bytes are
-    its head (meter_head())."""
+    Meters configured alike share one (group_out()); a meter adds only its id."""
 
     def __init__(self, group, items, units):
         mid = _GROUPS.get(group)
@@ -126,11 +126,13 @@ class Writer:
     def put_str(self, s):
         self.put(_lit(s))  # error reasons only: the rare path may allocate
 
-    def reading(self, head, g, seq, ts, judged, errors, num_text):
-        """Write one reading (head: meter_head(); g: a GroupOut); returns a
-        memoryview of it (valid until the next)."""
+    def reading(self, head, meter, g, seq, ts, judged, errors, num_text):
+        """Write one reading (head: device_head(); meter: its id; g: a GroupOut);
+        returns a memoryview of it (valid until the next)."""
         self.n = 0
         self.put(head)
+        self.put(str_bytes(meter))
+        self.put(b'","seq":')
         self.put_int(seq)
         self.put(b',"ts":')
         self.put_int(ts)

@@ -151,7 +151,9 @@ def _shared(name):
 
 
 class Meter:
-    """One configured meter: its address, counters and state; what it shares
+    """One configured meter: its id, address and stats (link.new_stats(): the
+    link's counters and learned latency, then the last good value of each
+    cumulative item, in hundredths + 1, 0 before the first); what it shares
     with meters configured alike is in self.profile (a Profile) and reads
     through the properties below.
 
@@ -160,8 +162,6 @@ class Meter:
 
     # per-meter state that most meters never change: class defaults until they do
     last_error = None
-    seq = 0
-    previous = None  # cumulative item -> last good value (plausibility); a dict once there is one
     clock_drift_s = None  # meter clock - true time, from the last clock check
     clock_error = None
     invert = False  # the UART inverted for this meter (the self-check found its A/B swapped)
@@ -192,8 +192,11 @@ class Meter:
         if cfg.get("protocol") not in PROTOCOLS:
             raise ConfigError("%s: protocol must be one of %s, got %r" % (mid, ", ".join(PROTOCOLS),
                                                                            cfg.get("protocol")))
-        self.counters = lk.Counters()
-        self.latency = lk.Latency()
+        for ch in mid:  # written into readings and topics as it is: nothing to escape
+            if not ("a" <= ch <= "z" or "A" <= ch <= "Z" or "0" <= ch <= "9" or ch == "_" or ch == "-"):
+                raise ConfigError("meter id %r: only letters, digits, '_' and '-' are allowed" % mid)
+        if len(mid) > 32:
+            raise ConfigError("meter id %r: longer than 32 characters" % mid)
         pos = cfg.get("position")
         if isinstance(pos, dict) and isinstance(pos.get("position"), int):
             self.position = pos["position"]
@@ -262,23 +265,39 @@ class Meter:
             p = Profile()
             (p.protocol, p.items, p.groups, p.timeout_ms, p.byte_timeout_ms, p.retries, p.collector,
              p.exporting, p.line, p.kind) = key[:10]
+            p.mono = tuple(name for name in p.items if name in _MONOTONIC)
             plan(p, key[10:])
             _PROFILES[key] = p
         self.profile = p
+        self.stats = lk.new_stats(len(p.mono))
 
     def judge(self, values):
         """{name: (value, unit)} -> {name: (value, unit, quality)}; remembers cumulative values."""
         out = {}
-        prev = self.previous
+        st = self.stats
+        mono = self.profile.mono
         for name in values:
             v, unit = values[name]
-            q = quality(name, unit, v, prev.get(name) if prev is not None else None)
-            if q == "good" and name in _MONOTONIC:
-                if prev is None:
-                    prev = self.previous = {}
-                prev[name] = hundredths(v)
+            slot = -1
+            for k in range(len(mono)):
+                if mono[k] == name:
+                    slot = lk.STATS + k
+                    break
+            q = quality(name, unit, v, st[slot] - 1 if slot >= 0 and st[slot] else None)
+            if q == "good" and slot >= 0:
+                h = hundredths(v)
+                if 0 <= h < 0x7FFFFFFF:  # always, within the plausible range
+                    st[slot] = h + 1
             out[name] = (v, unit, q)
         return out
+
+    def previous(self, name):
+        """The last good value of cumulative item `name` in hundredths, or None."""
+        mono = self.profile.mono
+        for k in range(len(mono)):
+            if mono[k] == name and self.stats[lk.STATS + k]:
+                return self.stats[lk.STATS + k] - 1
+        return None
 
     def _line(self, cfg, baud, parity):
         mid = self.id
@@ -402,8 +421,8 @@ class DltMeter(Meter):
         here (20 bytes of garbage) rather than kept per item (live heap per meter)."""
         if req is None:
             req = self._request(di)
-        res = await link.dlt645_async(req, self.address, self._fn, di, self.counters, self.timeout_ms,
-                                      self.byte_timeout_ms, self.retries, self.latency)
+        res = await link.dlt645_async(req, self.address, self._fn, di, self.stats, self.timeout_ms,
+                                      self.byte_timeout_ms, self.retries)
         return res, (link.frame if res == lk.OK else None)
 
     async def poll(self, link, group=0):
@@ -605,8 +624,8 @@ class ModbusMeter(Meter):
         self.select_line(link)
         for k in range(len(reads)):
             rd = reads[k]
-            res = await link.modbus_async(requests[k], self.unit, rd.function, rd.count, self.counters,
-                                          self.timeout_ms, self.byte_timeout_ms, self.retries, self.latency)
+            res = await link.modbus_async(requests[k], self.unit, rd.function, rd.count, self.stats,
+                                          self.timeout_ms, self.byte_timeout_ms, self.retries)
             reason = None
             if res != lk.OK:
                 reason = lk.result_name(res)

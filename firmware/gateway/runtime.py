@@ -33,7 +33,7 @@ except ImportError:  # pragma: no cover - every port we run on has it
 
 HEALTH_INTERVAL_S = 60
 HEALTH_BASE_BYTES = 1024
-HEALTH_METER_BYTES = 256
+HEALTH_METER_BYTES = 192  # a meter's entry is about 170 bytes; a longer message grows the buffer once
 CLOCK_CHECK_S = 3600
 CLOCK_FIRST_S = 15  # first clock check this long after boot
 MAX_DRIFT_S = 60
@@ -116,6 +116,18 @@ class _BufferSink(io.IOBase):
         return k
 
 
+class _CountSink(io.IOBase):
+    """A stream that only counts what would be written."""
+
+    def __init__(self):
+        self.n = 0
+
+    def write(self, s):
+        k = len(s.encode()) if isinstance(s, str) else len(s)
+        self.n += k
+        return k
+
+
 class _ConsoleSink(io.IOBase):
     """A stream json.dump writes to the console through, piece by piece."""
 
@@ -148,6 +160,8 @@ class Runtime:
         self.device = hal.device_id()
         mq = _section(cfg, "mqtt")
         self.base = (mq.get("topic_prefix") or "metergate") + "/v1/" + self.device
+        self.reading_topic = (self.base + "/reading").encode()  # made once: no string built per publish
+        self.reading_head = jsonout.device_head(self.device)
         self.qos = 1 if mq.get("qos", 1) else 0
         self.replay_per_s = int(mq.get("replay_per_s", REPLAY_PER_S))
         self.health_interval_ms = int(cfg.get("health_interval_s", HEALTH_INTERVAL_S) * 1000)
@@ -170,7 +184,7 @@ class Runtime:
         # lists), made now for as many entries as the config can need: a block of
         # this size may be gone once the meters are built
         self.schedule = array("i", bytes(16 * _schedule_room(cfg, self.clock_check_ms)))
-        # a health message is ~200 bytes a meter: written into a buffer made now, not a
+        # a health message is ~170 bytes a meter: written into a buffer made now, not a
         # fresh string of several KB each time (that needs a free block that large)
         n_meters = len(cfg.get("meters") or ()) if isinstance(cfg.get("meters"), list) else 0
         self._health_buf = bytearray(HEALTH_BASE_BYTES + HEALTH_METER_BYTES * n_meters)
@@ -254,7 +268,6 @@ class Runtime:
                 self.config_errors.append(("meters[%d]" % k, str(exc)))
                 continue
             seen.append(m.id)
-            m.head = jsonout.meter_head(self.device, m.id)
             if m.out is None:  # the first meter of its profile
                 m.profile.out = [jsonout.group_out(g[0], g[1], m.item_units) for g in m.groups]
             out.append(m)
@@ -371,7 +384,6 @@ class Runtime:
             values, errors = {}, {"*": "internal:" + type(exc).__name__}
         ts = self.hal.time()
         judged = m.judge(values)
-        m.seq += 1
         name, items, _iv = m.groups[g]
         for item in items:
             if item in errors:
@@ -386,7 +398,7 @@ class Runtime:
         """Spool first, then hand to the publisher; the console gets a copy."""
         seq = self.spool.next_seq
         try:
-            payload = self.writer.reading(m.head, m.out[g], seq, ts, judged, errors, _num)
+            payload = self.writer.reading(self.reading_head, m.id, m.out[g], seq, ts, judged, errors, _num)
         except ValueError as exc:  # more than the buffer holds: too many items in one group
             log("meter %s: reading not written: %s" % (m.id, exc))
             return
@@ -481,7 +493,7 @@ class Runtime:
             await self._publish(seq, recs[0][2])
 
     async def _publish(self, seq, payload):
-        pid = await self.mqtt.publish(self.base + "/reading", payload, qos=self.qos)
+        pid = await self.mqtt.publish(self.reading_topic, payload, qos=self.qos)
         if self.qos == 0 or not pid:
             self.spool.ack(seq)  # QoS 0: handed over is all we will ever know
             return
@@ -521,31 +533,37 @@ class Runtime:
                            "errors": [{"path": p, "reason": r} for p, r in self.config_errors]}).encode()
 
     # -- health ----------------------------------------------------------------
-    def health(self):
-        ms = {}
+    def _meter_health(self, m):
+        c = m.stats
+        d = lk.counters(c)
+        done = c[lk.VALID] + c[lk.TIMEOUTS] + c[lk.BAD_CHECKSUMS] + c[lk.BAD_FRAMES]  # not the one on the wire
+        d["success"] = round(c[lk.VALID] / done, 4) if done else None
+        d["latency_ms"] = lk.latency_ms(c)
+        d["clock_drift_s"] = m.clock_drift_s
+        d["last_error"] = m.last_error
+        if isinstance(m, mt.DltMeter) and m.no_block:
+            d["no_block"] = ["%08X" % b if m.version == 2007 else "%04X" % b for b in m.no_block]
+        return d
+
+    def _collectors(self):
         collectors = {}
         for m in self.meters:
-            c = m.counters
-            d = c.as_dict()
-            done = c.valid + c.timeout + c.bad_checksum + c.bad_frame  # not the one on the wire now
-            d["success"] = round(c.valid / done, 4) if done else None
-            d["latency_ms"] = m.latency.avg_ms if m.latency.samples else None
-            d["clock_drift_s"] = m.clock_drift_s
-            d["last_error"] = m.last_error
-            if isinstance(m, mt.DltMeter) and m.no_block:
-                d["no_block"] = ["%08X" % b if m.version == 2007 else "%04X" % b for b in m.no_block]
-            ms[m.id] = d
             col = getattr(m, "collector", None)
             if col:
+                c = m.stats
                 s = collectors.setdefault(col, {"meters": 0, "sent": 0, "valid": 0, "done": 0})
                 s["meters"] += 1
-                s["sent"] += c.sent
-                s["valid"] += c.valid
-                s["done"] += done
+                s["sent"] += c[lk.SENT]
+                s["valid"] += c[lk.VALID]
+                s["done"] += c[lk.VALID] + c[lk.TIMEOUTS] + c[lk.BAD_CHECKSUMS] + c[lk.BAD_FRAMES]
         for col in collectors:
             s = collectors[col]
             s["success"] = round(s["valid"] / s["done"], 4) if s["done"] else None
             del s["done"]
+        return collectors
+
+    def _health_top(self):
+        """The health message but its meters and collectors."""
         up_ms = ticks_diff(ticks_ms(), self.started)
         heap = {"free": None, "alloc": None}
         try:
@@ -574,31 +592,53 @@ class Runtime:
                           "unacked_sent": len(self.sent)},
                 "mqtt": mq,
                 "bus": {"idle_junk": self.link.idle_junk, "overruns": self.overruns,
-                        "busy": round(self.busy_ms / up_ms, 3) if up_ms > 0 else None, "time_syncs": self.syncs},
-                "meters": ms, "collectors": collectors}
+                        "busy": round(self.busy_ms / up_ms, 3) if up_ms > 0 else None, "time_syncs": self.syncs}}
+
+    def health(self):
+        """The health message as a dict (docs/mqtt.md)."""
+        h = self._health_top()
+        h["meters"] = {m.id: self._meter_health(m) for m in self.meters}
+        h["collectors"] = self._collectors()
+        return h
+
+    def write_health(self, sink):
+        """health() as JSON into sink, one meter at a time: the message is never a
+        whole dict in the heap (about 300 bytes a meter on the unix port)."""
+        sink.write('{"meters":{')
+        first = True
+        for m in self.meters:
+            if not first:
+                sink.write(",")
+            first = False
+            json.dump(m.id, sink)
+            sink.write(":")
+            json.dump(self._meter_health(m), sink)
+        sink.write('},"collectors":')
+        json.dump(self._collectors(), sink)
+        top = self._health_top()
+        for k in top:
+            sink.write(",")
+            json.dump(k, sink)
+            sink.write(":")
+            json.dump(top[k], sink)
+        top = None
+        sink.write("}")
 
     async def publish_health(self):
         client = self.mqtt
         # the health buffer is reused: never while the client may still resend the last one
         busy = client is not None and self._health_pid is not None and self._health_pid in client.inflight
-        h = self.health()
         text = None
         if not busy:
-            sink = _BufferSink(self._health_buf)
-            try:
-                json.dump(h, sink)
-                text = memoryview(self._health_buf)[:sink.n]
-            except ValueError:
-                text = None  # larger than the buffer (long error reasons): one-off copy below
+            text = self._health_into_buffer()
         if text is not None or self._console is None:
             if text is None:
-                text = json.dumps(h).encode()
+                text = json.dumps(self.health()).encode()
             self._print_health(text)
         else:  # the console only, streamed: no block of several KB needed
             self._console(b"HEALTH ")
-            json.dump(h, _ConsoleSink(self._console))
+            self.write_health(_ConsoleSink(self._console))
             self._console(b"\n")
-        h = None
         if client is not None and client.connected:
             if busy or text is None:
                 log("health: the last one is not acknowledged yet, not sent again")
@@ -607,6 +647,32 @@ class Runtime:
                 self._health_pid = await client.publish(self.base + "/health", text, qos=1, retain=True)
             except ValueError as exc:  # too large for the client: say so, keep the connection
                 log("health not published: %s" % exc)
+
+    def _health_into_buffer(self):
+        """The health message written into the preallocated buffer (a memoryview of it);
+        a larger buffer is made once when it has outgrown it (long error reasons, big
+        counters); None when that cannot be had."""
+        sink = _BufferSink(self._health_buf)
+        try:
+            self.write_health(sink)
+            return memoryview(self._health_buf)[:sink.n]
+        except ValueError:
+            pass
+        count = _CountSink()
+        self.write_health(count)
+        try:
+            self._health_buf = None
+            self._health_buf = bytearray(count.n + count.n // 8)
+        except MemoryError:
+            self._health_buf = bytearray(0)  # tried again at the next health
+            log("health: no room for a buffer of %d bytes" % count.n)
+            return None
+        sink = _BufferSink(self._health_buf)
+        try:
+            self.write_health(sink)
+        except ValueError:
+            return None
+        return memoryview(self._health_buf)[:sink.n]
 
     def _print_health(self, text):
         if self._console is not None:

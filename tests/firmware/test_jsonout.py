@@ -35,7 +35,7 @@ def reading_json(device, meter, seq, ts, group, items, judged, errors, units):
 def _both(items, judged, errors, units, seq=7, ts=1795456800):
     g = jsonout.group_out("fast", items, units)
     w = jsonout.Writer()
-    got = bytes(w.reading(jsonout.meter_head("gw-1", "m1"), g, seq, ts, judged, errors, _num)).decode()
+    got = bytes(w.reading(jsonout.device_head("gw-1"), "m1", g, seq, ts, judged, errors, _num)).decode()
     want = reading_json("gw-1", "m1", seq, ts, "fast", items, judged, errors, units)
     return got, want
 
@@ -67,7 +67,7 @@ def test_a_failed_poll_and_an_oversized_reading():
     g = jsonout.GroupOut("g", tuple("i%d" % k for k in range(200)), {})
     w = jsonout.Writer(256)
     try:
-        w.reading(jsonout.meter_head("gw", "m"), g, 1, 1, {}, {}, _num)
+        w.reading(jsonout.device_head("gw"), "m", g, 1, 1, {}, {}, _num)
     except ValueError as exc:
         assert "larger than 256" in str(exc)
     else:

@@ -26,7 +26,7 @@ def _read(link, counters, retries=0, timeout_ms=500, byte_timeout_ms=100):
 
 def test_request_goes_out_with_four_fe_and_de_around_the_write():
     link, uart, _ = _link(script([(40, REPLY_V)]))
-    c = lk.Counters()
+    c = lk.new_stats()
     assert _read(link, c) == lk.OK
     assert uart.written[0] == h("FE FE FE FE 68 29 25 07 07 21 20 68 11 04 33 34 34 35 52 16")
     kinds = [e[0] if e[0] != "de" else ("de", e[1]) for e in uart.events]
@@ -36,7 +36,7 @@ def test_request_goes_out_with_four_fe_and_de_around_the_write():
 
 def test_reply_is_framed_by_its_length_field_without_waiting_for_silence():
     link, uart, clock = _link(script(chunks(REPLY_V, 5, 20, first_ms=40)))
-    c = lk.Counters()
+    c = lk.new_stats()
     t0 = clock.now
     assert _read(link, c, byte_timeout_ms=400) == lk.OK
     # the last chunk arrived 40 + 3 * 20 ms after the flush: no inter-byte wait after it
@@ -44,30 +44,30 @@ def test_reply_is_framed_by_its_length_field_without_waiting_for_silence():
     f = link.frame
     assert f.is_reply and f.address == WIRE and f.di() == DI_V
     assert bytes(f.item_data()) == b"\x01\x22"
-    assert c.as_dict() == {"sent": 1, "valid": 1, "timeout": 0, "bad_checksum": 0, "bad_frame": 0,
+    assert lk.counters(c) == {"sent": 1, "valid": 1, "timeout": 0, "bad_checksum": 0, "bad_frame": 0,
                            "junk_bytes": 0}
 
 
 def test_fe_preamble_and_junk_before_the_reply_are_skipped_and_junk_counted():
     reply = b"\x00\x7f\x11" + b"\xfe\xfe\xfe\xfe" + REPLY_V
     link, _, _ = _link(script([(30, reply)]))
-    c = lk.Counters()
+    c = lk.new_stats()
     assert _read(link, c) == lk.OK
-    assert c.valid == 1 and c.junk_bytes == 3  # FE wake-up bytes are not junk
+    assert c[lk.VALID] == 1 and c[lk.JUNK_BYTES] == 3  # FE wake-up bytes are not junk
 
 
 def test_no_reply_is_a_timeout_after_the_response_timeout():
     link, _, clock = _link(script())
-    c = lk.Counters()
+    c = lk.new_stats()
     t0 = clock.now
     assert _read(link, c, timeout_ms=300) == lk.TIMEOUT
     assert clock.now - t0 == 300
-    assert (c.sent, c.timeout, c.valid) == (1, 1, 0)
+    assert (c[lk.SENT], c[lk.TIMEOUTS], c[lk.VALID]) == (1, 1, 0)
 
 
 def test_reply_after_the_response_timeout_is_late_and_then_idle_junk():
     link, uart, _ = _link(script([(600, REPLY_V)]))
-    c = lk.Counters()
+    c = lk.new_stats()
     assert _read(link, c, timeout_ms=500) == lk.TIMEOUT
     uart.clock.now += 1000  # the late reply arrives while the link is idle
     assert link.drain() == len(REPLY_V)
@@ -78,34 +78,34 @@ def test_bad_checksum_is_counted_and_a_retry_recovers():
     bad = bytearray(REPLY_V)
     bad[-2] ^= 0x01
     link, uart, _ = _link(script([(40, bad)], [(40, REPLY_V)]))
-    c = lk.Counters()
+    c = lk.new_stats()
     assert _read(link, c, retries=1) == lk.OK
-    assert (c.sent, c.valid, c.bad_checksum, c.timeout) == (2, 1, 1, 0)
+    assert (c[lk.SENT], c[lk.VALID], c[lk.BAD_CHECKSUMS], c[lk.TIMEOUTS]) == (2, 1, 1, 0)
     assert len(uart.written) == 2
 
 
 def test_retries_stop_after_the_configured_count():
     link, uart, _ = _link(script())
-    c = lk.Counters()
+    c = lk.new_stats()
     assert _read(link, c, retries=2) == lk.TIMEOUT
-    assert (c.sent, c.timeout) == (3, 3)
+    assert (c[lk.SENT], c[lk.TIMEOUTS]) == (3, 3)
     assert len(uart.written) == 3
 
 
 def test_reply_cut_short_is_a_bad_frame_after_the_byte_timeout():
     link, _, clock = _link(script([(40, REPLY_V[:10])]))
-    c = lk.Counters()
+    c = lk.new_stats()
     t0 = clock.now
     assert _read(link, c, byte_timeout_ms=100) == lk.BAD_FRAME
     assert clock.now - t0 == 140
-    assert c.bad_frame == 1
+    assert c[lk.BAD_FRAMES] == 1
 
 
 def test_garbage_only_is_a_bad_frame_not_a_timeout():
     link, _, _ = _link(script([(40, b"\x09\xf0\x33\x00\x00")]))
-    c = lk.Counters()
+    c = lk.new_stats()
     assert _read(link, c) == lk.BAD_FRAME
-    assert c.bad_frame == 1 and c.timeout == 0
+    assert c[lk.BAD_FRAMES] == 1 and c[lk.TIMEOUTS] == 0
 
 
 def test_reply_from_another_address_or_for_another_di_is_a_bad_frame():
@@ -113,18 +113,18 @@ def test_reply_from_another_address_or_for_another_di_is_a_bad_frame():
     wrong_di = bytes(dlt645.build_read_reply(ADDR, 0x02020100, b"\x00\x10\x00", preamble=0))
     for reply in (other, wrong_di):
         link, _, _ = _link(script([(40, reply)]))
-        c = lk.Counters()
+        c = lk.new_stats()
         assert _read(link, c) == lk.BAD_FRAME
-        assert c.bad_frame == 1
+        assert c[lk.BAD_FRAMES] == 1
 
 
 def test_error_reply_is_a_valid_frame_with_the_err_byte():
     err = bytes(dlt645.build_error_reply(ADDR, dlt645.FN_READ, 0x02, preamble=0))
     link, _, _ = _link(script([(40, err)]))
-    c = lk.Counters()
+    c = lk.new_stats()
     assert _read(link, c) == lk.OK
     assert link.frame.abnormal and link.frame.error_names() == ("no_such_data",)
-    assert c.valid == 1
+    assert c[lk.VALID] == 1
 
 
 def test_own_echo_is_dropped_when_the_receiver_hears_the_bus():
@@ -132,17 +132,17 @@ def test_own_echo_is_dropped_when_the_receiver_hears_the_bus():
         return [(0, request), (60, REPLY_V)]
 
     link, _, _ = _link(echo_then_reply, echo=True)
-    c = lk.Counters()
+    c = lk.new_stats()
     assert _read(link, c) == lk.OK
-    assert c.junk_bytes == 0 and c.valid == 1
+    assert c[lk.JUNK_BYTES] == 0 and c[lk.VALID] == 1
 
 
 def test_idle_junk_is_drained_before_the_request_and_counted_apart():
     link, uart, _ = _link(script([(40, REPLY_V)]))
     uart.noise(b"\x00\x00\xff")
-    c = lk.Counters()
+    c = lk.new_stats()
     assert _read(link, c) == lk.OK
-    assert link.idle_junk == 3 and c.junk_bytes == 0
+    assert link.idle_junk == 3 and c[lk.JUNK_BYTES] == 0
 
 
 def test_line_settings_are_sent_only_when_they_change():
@@ -157,7 +157,7 @@ def test_line_settings_are_sent_only_when_they_change():
 def test_silence_of_three_and_a_half_characters_between_transactions():
     link, uart, clock = _link(script([(40, REPLY_V)], [(40, REPLY_V)]))
     link.configure(1200, "E")  # 9.2 ms a character: 33 ms gap
-    c = lk.Counters()
+    c = lk.new_stats()
     assert _read(link, c) == lk.OK
     t_reply = clock.now
     assert _read(link, c) == lk.OK
@@ -168,7 +168,7 @@ def test_silence_of_three_and_a_half_characters_between_transactions():
 def test_receive_buffer_is_preallocated_and_reused():
     link, _, _ = _link(script([(40, REPLY_V)], [(40, REPLY_V)]))
     buf = link.buf
-    c = lk.Counters()
+    c = lk.new_stats()
     _read(link, c)
     _read(link, c)
     assert link.buf is buf and len(buf) == lk.RX_SIZE
@@ -189,7 +189,7 @@ def _mb(link, c, count=2, retries=0):
 def test_modbus_reply_framed_by_the_expected_length():
     reply = _mb_reply(3, 4, modbus.encode_float32(230.5))
     link, uart, clock = _link(script(chunks(reply, 3, 15, first_ms=30)))
-    c = lk.Counters()
+    c = lk.new_stats()
     t0 = clock.now
     assert _mb(link, c) == lk.OK
     assert clock.now - t0 == 30 + 2 * 15  # 9 bytes in 3 chunks, no wait after the last
@@ -197,12 +197,12 @@ def test_modbus_reply_framed_by_the_expected_length():
     assert r.status == modbus.OK and r.data_end - r.data_start == 4
     assert modbus.decode_float32(link.buf, r.data_start) == 230.5
     assert uart.written[0] == bytes(modbus.read_request(3, 4, 0, 2))  # no FE for Modbus
-    assert c.valid == 1
+    assert c[lk.VALID] == 1
 
 
 def test_modbus_exception_reply_is_a_valid_frame():
     link, _, _ = _link(script([(30, bytes(modbus.exception_reply(3, 4, 2)))]))
-    c = lk.Counters()
+    c = lk.new_stats()
     assert _mb(link, c) == lk.OK
     assert link.reply.status == modbus.EXCEPTION and link.reply.exception_code == 2
 
@@ -212,9 +212,9 @@ def test_modbus_bad_crc_then_retry():
     bad[-1] ^= 0x40
     good = _mb_reply(3, 4, b"\x43\x66\x80\x00")
     link, _, _ = _link(script([(30, bad)], [(30, good)]))
-    c = lk.Counters()
+    c = lk.new_stats()
     assert _mb(link, c, retries=1) == lk.OK
-    assert (c.sent, c.bad_checksum, c.valid) == (2, 1, 1)
+    assert (c[lk.SENT], c[lk.BAD_CHECKSUMS], c[lk.VALID]) == (2, 1, 1)
 
 
 def test_modbus_other_unit_and_wrong_length_are_bad_frames():
@@ -222,51 +222,50 @@ def test_modbus_other_unit_and_wrong_length_are_bad_frames():
     short = _mb_reply(3, 4, b"\x43\x66")  # 1 register where 2 were asked
     for reply in (other, short):
         link, _, _ = _link(script([(30, reply)]))
-        c = lk.Counters()
+        c = lk.new_stats()
         assert _mb(link, c) == lk.BAD_FRAME
-        assert c.bad_frame == 1
+        assert c[lk.BAD_FRAMES] == 1
 
 
 def test_modbus_junk_before_the_reply_is_skipped():
     link, _, _ = _link(script([(30, b"\x00\xff" + _mb_reply(3, 4, b"\x43\x66\x80\x00"))]))
-    c = lk.Counters()
+    c = lk.new_stats()
     assert _mb(link, c) == lk.OK
-    assert c.junk_bytes == 2
+    assert c[lk.JUNK_BYTES] == 2
 
 
 # -- learned latency and the asyncio driver ------------------------------------
 
 def test_latency_learns_and_bounds_the_first_wait():
-    lat = lk.Latency()
-    assert lat.timeout(500) == 500  # nothing learned yet: the configured timeout
+    lat = lk.new_stats()
+    assert lk.latency_timeout(lat, 500) == 500  # nothing learned yet: the configured timeout
     for _ in range(5):
-        lat.add(40)
-    assert lat.timeout(500) == 2 * 40 + 100
-    lat.add(10)
-    assert lat.timeout(500) >= 2 * 37 + 100  # one fast reply does not shrink it at once
-    fast = lk.Latency()
-    fast.add(2)
-    assert fast.timeout(500) == lk.LATENCY_FLOOR_MS
-    slow = lk.Latency()
-    slow.add(400)
-    assert slow.timeout(500) == 500  # never beyond the configured timeout
+        lk.latency_add(lat, 40)
+    assert lk.latency_timeout(lat, 500) == 2 * 40 + 100
+    lk.latency_add(lat, 10)
+    assert lk.latency_timeout(lat, 500) >= 2 * 37 + 100  # one fast reply does not shrink it at once
+    fast = lk.new_stats()
+    lk.latency_add(fast, 2)
+    assert lk.latency_timeout(fast, 500) == lk.LATENCY_FLOOR_MS
+    slow = lk.new_stats()
+    lk.latency_add(slow, 400)
+    assert lk.latency_timeout(slow, 500) == 500  # never beyond the configured timeout
 
 
 def test_a_silent_fast_meter_costs_its_learned_wait_not_the_full_timeout():
     replies = [[(40, REPLY_V)]] * 4
     link, uart, clock = _link(script(*replies))
-    c = lk.Counters()
-    lat = lk.Latency()
+    c = lk.new_stats()
     req = dlt645.build_read(ADDR, DI_V)
     for _ in range(4):
-        assert link.dlt645(req, WIRE, dlt645.FN_READ, DI_V, c, 500, 100, 1, lat) == lk.OK
-    assert lat.samples == 4 and lat.avg_ms == 40
+        assert link.dlt645(req, WIRE, dlt645.FN_READ, DI_V, c, 500, 100, 1) == lk.OK
+    assert c[lk.LAT_SAMPLES] == 4 and c[lk.LAT_AVG_MS] == 40 and lk.latency_ms(c) == 40
     t0 = clock.now
-    assert link.dlt645(req, WIRE, dlt645.FN_READ, DI_V, c, 500, 100, 1, lat) == lk.TIMEOUT
+    assert link.dlt645(req, WIRE, dlt645.FN_READ, DI_V, c, 500, 100, 1) == lk.TIMEOUT
     took = clock.now - t0
     # first attempt waits 2 x 40 + 100 = 180 ms, the retry the full 500 (plus the gaps between them)
     assert 680 <= took < 730, took
-    assert c.sent == 6 and c.timeout == 2
+    assert c[lk.SENT] == 6 and c[lk.TIMEOUTS] == 2
 
 
 def _run_async(coro):
@@ -281,7 +280,7 @@ def test_async_transaction_gives_what_the_blocking_one_gives():
     clock = Clock()
     uart = AsyncFakeUart(clock, script([(40, REPLY_V)], None, [(30, b"\xfe\xfe" + REPLY_V)]))
     link = lk.Link(uart, clock.ticks, clock.sleep)
-    c = lk.Counters()
+    c = lk.new_stats()
     req = dlt645.build_read(ADDR, DI_V)
 
     async def main():
@@ -293,7 +292,7 @@ def test_async_transaction_gives_what_the_blocking_one_gives():
     # a timeout, then the retry gets the reply
     r2 = _run_async(link.dlt645_async(req, WIRE, dlt645.FN_READ, DI_V, c, 500, 100, 1))
     assert r2 == lk.OK
-    assert c.as_dict()["sent"] == 3 and c.valid == 2 and c.timeout == 1
+    assert lk.counters(c)["sent"] == 3 and c[lk.VALID] == 2 and c[lk.TIMEOUTS] == 1
     kinds = [e[0] for e in uart.events if e[0] != "init"]
     # DE still frames every write: up, write, flush, down
     assert kinds[:4] == ["de", "write", "flush", "de"]
@@ -307,7 +306,7 @@ def test_async_modbus_transaction():
     reply = _mb_reply(3, 4, b"\x43\x5c\x00\x00")
     uart = AsyncFakeUart(clock, script([(25, reply)]))
     link = lk.Link(uart, clock.ticks, clock.sleep)
-    c = lk.Counters()
+    c = lk.new_stats()
     req = modbus.read_request(3, 4, 0, 2)
     assert _run_async(link.modbus_async(req, 3, 4, 2, c)) == lk.OK
     assert bytes(link.buf[link.reply.data_start:link.reply.data_end]) == b"\x43\x5c\x00\x00"

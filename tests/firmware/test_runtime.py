@@ -8,6 +8,7 @@ import os
 from checks import raises
 
 from fakeuart import AsyncFakeUart, Clock
+from gateway import link as lk
 from gateway import meters as mt
 from gateway import runtime as rtm
 from gateway.protocols import dlt645, dlt645_items, modbus, modbus_maps
@@ -170,6 +171,8 @@ class FakeMqtt:
         if not self.connected:
             raise OSError("not connected")
         self.pid += 1
+        if not isinstance(topic, str):  # the client takes str or bytes (the runtime's reading topic)
+            topic = bytes(topic).decode()
         self.published.append((topic, bytes(payload), qos, retain, self.pid))
         return self.pid if qos else 0
 
@@ -255,7 +258,7 @@ def test_silent_meter_reports_timeouts_never_zero():
     _arun(_poll_all(rt))
     m1 = _readings(lines)["m1"]
     assert all(v["q"] == "comm_error" and v["error"] == "timeout" and "v" not in v for v in m1["values"].values())
-    assert len(m1["values"]) == 6 and rt.meters[0].counters.timeout == 6
+    assert len(m1["values"]) == 6 and rt.meters[0].stats[lk.TIMEOUTS] == 6
 
 
 def test_implausible_values_are_flagged_not_dropped():
@@ -286,15 +289,15 @@ def test_block_read_when_supported_and_fallback_remembered_when_not():
     assert [r[k]["v"] for k in ("voltage_a", "voltage_b", "voltage_c", "power", "power_a")] == [
         220.1, 219.8, 221.4, 9.0, 3.0]
     # voltage block answered: 1 request; power block refused (no 0203FF00): 1 + 2 single reads
-    assert m5.counters.sent == 4 and m5.no_block == (0x0203FF00,)
+    assert m5.stats[lk.SENT] == 4 and m5.no_block == (0x0203FF00,)
     _arun(_poll_all(rt))
-    assert m5.counters.sent == 4 + 3  # the refused block is not asked again
+    assert m5.stats[lk.SENT] == 4 + 3  # the refused block is not asked again
     assert rt.health()["meters"]["m5"]["no_block"] == ["0203FF00"]
     no = {"id": "m5", "protocol": "dlt645-2007", "address": M5, "block_read": False,
           "items": ["voltage_a", "voltage_b", "voltage_c"]}
     rt2, _, _ = _runtime({"meters": [no]}, bus)
     _arun(_poll_all(rt2))
-    assert rt2.meters[0].counters.sent == 3
+    assert rt2.meters[0].stats[lk.SENT] == 3
 
 
 def test_poll_groups_keep_their_own_items_and_intervals():
@@ -493,6 +496,35 @@ def test_health_is_written_into_its_own_buffer_and_never_rewritten_while_unackno
     _arun(rt.publish_health())
     sent = [p for p in mq.published if p[0].endswith("/health")]
     assert len(sent) == 2 and json.loads(sent[1][1])["meters"]["m1"]["sent"] == 12
+
+
+def test_health_outgrowing_its_buffer_gets_a_larger_one_and_says_the_same():
+    # a meter's entry is reserved ~190 bytes; long error reasons make it larger: the buffer
+    # is made again at the size the message needs, and the message is health() as JSON
+    mq = FakeMqtt()
+    mq.connected = True
+    rt, hal, lines = _runtime(CONFIG, mqtt=mq)
+    _arun(_poll_all(rt))
+    small = len(rt._health_buf)
+    for m in rt.meters:
+        m.last_error = "x" * (small // len(rt.meters))
+    _arun(rt.publish_health())
+    sent = [p for p in mq.published if p[0].endswith("/health")]
+    assert len(sent) == 1 and len(rt._health_buf) > small
+    got = json.loads(sent[0][1])
+    want = rt.health()
+    for h in (got, want):
+        del h["heap"], h["uptime_s"], h["ts"]
+    assert got == want and got["meters"]["m1"]["last_error"] == "x" * (small // len(rt.meters))
+    assert json.loads(lines[-1][len("HEALTH "):])["meters"] == got["meters"]
+
+
+def test_meter_ids_that_would_need_escaping_are_refused():
+    # ids are written into readings and topics as they are (no escaping on the hot path)
+    for bad in ('m"1', "m 1", "m/1", "x" * 33):
+        exc = raises(mt.ConfigError, mt.build, {"id": bad, "protocol": "dlt645-2007", "address": "202107070001"})
+        assert "meter id" in str(exc)
+    assert mt.build({"id": "M_1-a", "protocol": "dlt645-2007", "address": "202107070001"}).id == "M_1-a"
 
 
 def test_bad_meter_entries_are_skipped_and_reported():

@@ -110,8 +110,7 @@ async def _dlt_read(ctx, m, di, version=None, line=None, invert=None, address=No
     else:
         req = dlt645_1997.build_read(addr, di)
         fn = dlt645_1997.FN_READ
-    res = await ctx.link.dlt645_async(req, addr, fn, di, None, timeout or m.timeout_ms, m.byte_timeout_ms, 0,
-                                      None)
+    res = await ctx.link.dlt645_async(req, addr, fn, di, None, timeout or m.timeout_ms, m.byte_timeout_ms, 0)
     return res, (ctx.link.frame if res == lk.OK else None)
 
 
@@ -124,7 +123,7 @@ async def _modbus_read(ctx, m, line=None, invert=None):
         return lk.BAD_FRAME
     rd = reads[0]
     return await ctx.link.modbus_async(requests[0], m.unit, rd.function, rd.count, None, m.timeout_ms,
-                                       m.byte_timeout_ms, 0, None)
+                                       m.byte_timeout_ms, 0)
 
 
 async def _probe(ctx, m, line=None, invert=None, version=None, timeout=None):
