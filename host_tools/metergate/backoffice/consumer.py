@@ -564,6 +564,8 @@ class Session:
         """Up to ``max_messages`` messages: waits up to ``timeout`` for the first,
         then up to ``linger_s`` for more. [] when none came; ConnectionLost or
         MalformedPacket when the connection ended (it is then closed)."""
+        if self.sock is None:
+            raise ConnectionLost("not connected to %s" % self.broker)
         out, self._held = self._held[:max_messages], self._held[max_messages:]
         if len(out) < max_messages:
             self._parse(out, max_messages - len(out))

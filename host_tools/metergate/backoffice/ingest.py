@@ -349,6 +349,8 @@ class Ingest:
         from metergate.bench.broker import parse_mqtt_url
 
         self.scheme, self.host, self.port = parse_mqtt_url(broker_url)
+        if password is not None and username is None:
+            raise ValueError("a broker password needs a user name as well (MQTT 3.1.1 sends none without one)")
         self.broker_url = broker_url
         self.store = Store(db_url, busy_timeout_s=db_timeout_s, connect_timeout_s=max(1, int(db_timeout_s)))
         self.rule = rule or CollectionRule()
