@@ -40,6 +40,7 @@ MAX_DRIFT_S = 60
 TZ_OFFSET_S = 28800  # meters keep Beijing time (UTC+8)
 SYNC_LIMIT_S = 300  # many meters refuse a broadcast correction above 5 min (unverified)
 REPLAY_PER_S = 20
+REPLAY_BATCH = const(4)  # backlog records read from the spool at a time
 RESET_HISTORY = 16
 BOOT_FILE = "boot.json"
 CONFIG_FILE = "config.json"
@@ -474,7 +475,9 @@ class Runtime:
                     self._window_n = 0
                 budget = self.replay_per_s - self._window_n  # the backlog's share of each second
                 while budget > 0 and client.connected:
-                    recs = self.spool.peek(budget, after=self.cursor)
+                    # a few at a time: each is a copy held until the broker acknowledges it,
+                    # and a second's worth at once is several KB of heap
+                    recs = self.spool.peek(budget if budget < REPLAY_BATCH else REPLAY_BATCH, after=self.cursor)
                     if not recs:
                         break
                     for seq, _ts, payload in recs:
