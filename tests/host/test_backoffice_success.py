@@ -4,6 +4,7 @@ work order over the window after it closes; CSV imports reporting every bad
 row by line; `metergate backoffice status` and the import commands through
 click. Run on SQLite and on a real PostgreSQL."""
 
+import dataclasses
 import datetime
 import json
 import pathlib
@@ -17,6 +18,7 @@ from metergate.backoffice.ingest import BatchWriter, classify
 from metergate.backoffice.rule import CollectionRule
 from metergate.backoffice.store import Store
 from metergate.cli import main
+from metergate.scoring import rules as scoring_rules
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 SHANGHAI = CollectionRule(tz="Asia/Shanghai")
@@ -142,8 +144,9 @@ def test_work_order_measured_over_the_window_after_closing(db, tmp_path):
     # still inside the window: pending
     assert success.work_order_success(db.url, "WO-1", rule=SHANGHAI, today=d1).state == "pending"
     # a two-day window needs both days: only gw-a/m1 was read on d2
-    two = CollectionRule(tz="Asia/Shanghai", window_days=2)
-    assert success.work_order_success(db.url, "WO-1", rule=two, today=d2 + datetime.timedelta(days=1)).rate.ok == 0
+    two = dataclasses.replace(scoring_rules.load(), window_days=2)
+    assert success.work_order_success(db.url, "WO-1", rule=SHANGHAI, rules=two,
+                                      today=d2 + datetime.timedelta(days=1)).rate.ok == 0
     with pytest.raises(success.UnknownWorkOrder):
         success.work_order_success(db.url, "WO-404")
 

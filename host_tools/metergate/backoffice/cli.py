@@ -26,7 +26,7 @@ tz_option = click.option("--tz", default=None, envvar="METERGATE_TZ",
                          help="Time zone of collection days [default: Asia/Shanghai].")
 
 
-def _rule(tz, items=None, window_days=None):
+def _rule(tz, items=None):
     from metergate.backoffice.rule import CollectionRule
 
     kwargs = {}
@@ -34,8 +34,6 @@ def _rule(tz, items=None, window_days=None):
         kwargs["tz"] = tz
     if items:
         kwargs["items"] = tuple(items)
-    if window_days:
-        kwargs["window_days"] = window_days
     try:
         return CollectionRule(**kwargs)
     except ValueError as exc:
@@ -188,15 +186,21 @@ def collector_cmd(collector_id, db_url, kind, site):
 @click.argument("order_id")
 @db_option
 @tz_option
-@click.option("--window-days", type=click.IntRange(1, 31), default=None,
-              help="Full collection days after the closing day [default: 1].")
+@click.option("--rules", "rules_path", type=click.Path(dir_okay=False), default=None,
+              help="Scoring rules file whose success.window_offset_days / window_days give the collection "
+                   "window [default: the rules shipped with metergate].")
 @click.option("--json", "as_json", is_flag=True)
-def work_order_cmd(order_id, db_url, tz, window_days, as_json):
+def work_order_cmd(order_id, db_url, tz, rules_path, as_json):
     """Collection success of one work order after it closed."""
     from metergate.backoffice import success
+    from metergate.scoring import rules as scoring_rules
 
     try:
-        result = success.work_order_success(db_url, order_id, rule=_rule(tz, window_days=window_days))
+        rules = scoring_rules.load(rules_path)
+    except scoring_rules.RulesError as exc:
+        raise click.ClickException(str(exc))
+    try:
+        result = success.work_order_success(db_url, order_id, rule=_rule(tz), rules=rules)
     except success.UnknownWorkOrder as exc:
         raise click.ClickException(exc.args[0])
     except StoreError as exc:

@@ -23,8 +23,6 @@ class CollectionRule:
     items: tuple = ("energy_forward",)
     qualities: tuple = ("good",)
     tz: str = dataclasses.field(default_factory=lambda: os.environ.get("METERGATE_TZ", DEFAULT_TZ))
-    # work orders: how many full collection days after the closing day are measured
-    window_days: int = 1
     # (first, end) in Unix seconds of the last local day looked up, and that day: readings come in time order
     _day_memo: tuple = dataclasses.field(default=None, init=False, repr=False, compare=False)
 
@@ -35,8 +33,6 @@ class CollectionRule:
             raise ValueError("unknown time zone %r (an IANA name such as Asia/Shanghai): %s" % (self.tz, exc)) from None
         if not self.items:
             raise ValueError("a collection rule needs at least one item")
-        if self.window_days < 1:
-            raise ValueError("window_days must be at least 1, not %r" % self.window_days)
 
     @property
     def zone(self):

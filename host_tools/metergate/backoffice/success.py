@@ -5,8 +5,10 @@
 - per collector per day: ``collector_days``; a wireless collector counts as
   collected when all its meters are, a carrier collector is counted per user
   (meter);
-- per work order after it closes: ``work_order_success`` over the window of
-  ``CollectionRule.window_days`` full days after the closing day.
+- per work order after it closes: ``work_order_success`` over the collection
+  window of the scoring rules (``success.window_offset_days`` and
+  ``window_days`` of the rules file, ``scoring.rules.collection_window``), the
+  same days the crews' scores are judged on.
 
 Rates are kept as (ok, total) integers; compare them as ``ok * 100 >= 80 *
 total``, never as floats.
@@ -149,16 +151,21 @@ class UnknownWorkOrder(KeyError):
     pass
 
 
-def work_order_success(db_url, order_id, rule=None, today=None):
-    """Collection success of one closed work order over its window after closing."""
+def work_order_success(db_url, order_id, rule=None, today=None, rules=None):
+    """Collection success of one closed work order over its window after closing
+    (rules: the scoring rules, metergate.scoring.rules.load(); the default file when None)."""
+    from metergate.scoring import rules as scoring_rules
+
     rule = rule or CollectionRule()
+    rules = rules or scoring_rules.load()
     with using_store(db_url) as store:
         row = store.query("SELECT kind, closed_at FROM work_orders WHERE order_id = ?", (order_id,))
         if not row:
             raise UnknownWorkOrder("no work order %r in %s" % (order_id, store.display_url))
         kind, closed_at = row[0]
         closing_day = rule.day_of(closed_at)
-        window = (closing_day + datetime.timedelta(days=1), closing_day + datetime.timedelta(days=rule.window_days))
+        days = scoring_rules.collection_window(closing_day, rules.window_offset_days, rules.window_days)
+        window = (days[0], days[-1])
         today = today or rule.today()
         items = store.query("SELECT collector_id, meter_id FROM work_order_items WHERE order_id = ? "
                             "ORDER BY collector_id, meter_id", (order_id,))

@@ -1,7 +1,7 @@
 """Collection success after a job: which meters were read in the window after it
 closed. A month holds millions of meter-days; only those inside some job's or
 order's window are kept, so memory follows the jobs, not the fleet."""
-import datetime as dt
+from metergate.scoring.rules import collection_window
 
 
 class Collection:
@@ -15,8 +15,7 @@ class Collection:
         self.rows = 0
 
     def window(self, closed):
-        start = closed + dt.timedelta(days=self.offset)
-        return tuple(start + dt.timedelta(days=i) for i in range(self.days))
+        return collection_window(closed, self.offset, self.days)
 
     def want_collector(self, collector, closed):
         self.need_collector.setdefault(collector, set()).update(self.window(closed))

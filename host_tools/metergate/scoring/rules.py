@@ -1,6 +1,7 @@
 """The pay and spot-check rules as data: load a rules TOML, validate it, and give
 the scoring code typed, exact (Fraction) values. Nothing in the scoring code
 hard-codes a threshold, tier, quota, rate or cap; they all come from here."""
+import datetime
 import hashlib
 import pathlib
 import tomllib
@@ -217,6 +218,14 @@ def parse(data, path="<rules>", raw=b""):
         deduct_states=frozenset(data["complaints"]["deduct_states"]),
         items=dict(data["spot_check"]["items"]),
     )
+
+
+def collection_window(closed, offset_days, days):
+    """The collection days that judge a job closed on `closed` (a date): from
+    closed + offset_days, `days` of them. The one definition: scoring and the
+    back office's work-order success both use it, from the same rules file."""
+    start = closed + datetime.timedelta(days=offset_days)
+    return tuple(start + datetime.timedelta(days=i) for i in range(days))
 
 
 def load(path=None):
