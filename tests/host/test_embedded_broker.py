@@ -279,6 +279,25 @@ def test_a_last_will_when_a_client_drops_and_none_on_a_clean_goodbye(broker):
         assert nothing_more(watcher)
 
 
+def _field(data):
+    return len(data).to_bytes(2, "big") + data
+
+
+def test_a_silent_client_is_dropped_after_its_keepalive_and_its_will_published(broker):
+    """A gateway that loses power sends nothing more and no FIN: only the keepalive tells."""
+    with MqttProbe(broker.url) as watcher:
+        watcher.subscribe("gw/+/status", qos=1)
+        # CONNECT by hand: clean session, will QoS 1 on gw/s/status, keepalive 1 s, then silence
+        body = (_field(b"MQTT") + bytes([4, 0x02 | 0x04 | 0x08]) + (1).to_bytes(2, "big")
+                + _field(unique("silent").encode()) + _field(b"gw/s/status") + _field(b"offline"))
+        with socket.create_connection((broker.host, broker.port), timeout=10) as sock:
+            sock.sendall(bytes([0x10, len(body)]) + body)
+            assert sock.recv(4) == b"\x20\x02\x00\x00"  # CONNACK, accepted
+            msg = watcher.get(timeout=15)
+            assert (msg.topic, msg.payload) == ("gw/s/status", b"offline")
+            assert sock.recv(16) == b""  # and the broker closed the connection
+
+
 # -- the gateway's own client (firmware/gateway/mqtt.py) ------------------------------------------
 
 

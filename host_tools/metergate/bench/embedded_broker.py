@@ -202,6 +202,15 @@ def _amqtt_classes():
                     del self._puback_waiters[pid]
             return None
 
+        def handle_read_timeout(self):
+            # amqtt 0.12 waits for a silent client for ever, so a gateway that lost power or
+            # Wi-Fi (no FIN) never got its will published. MQTT 3.1.1 (3.1.2.10): after
+            # 1.5 x keepalive without a packet the server ends the connection, will and all
+            if self.session is not None:
+                logging.getLogger("metergate.embedded").info(
+                    "nothing from %s within 1.5 x keepalive: closing its connection", self.session.client_id)
+                asyncio.ensure_future(self.handle_connection_closed()).add_done_callback(_forget)
+
         async def _retry_deliveries(self):
             # amqtt waited here (up to 10 s each) before reading the client's SUBSCRIBE;
             # the ingest acknowledges only after its SUBACK
@@ -227,6 +236,12 @@ def _amqtt_classes():
           client's subscription, whether or not this client subscribed to them.
           Now retained messages go only with a new subscription, as in mosquitto.
         """
+
+        async def _initialize_client_session(self, *args, **kwargs):
+            handler, session = await super()._initialize_client_session(*args, **kwargs)
+            if session.keep_alive > 0:  # the reader's wait for a packet: 1.5 x keepalive (see Handler)
+                session.keep_alive = (session.keep_alive * 3 + 1) // 2
+            return handler, session
 
         async def _publish_session_retained_messages(self, session):
             handler = self._get_handler(session)
