@@ -2,11 +2,15 @@
 
 Starts the meter-bus simulator on the demo site (or --site) on free loopback
 ports, writes a config.json for the site's meters into a temporary flash
-directory, boots the virtual board on the simulator's bus, and shows what the
-gateway prints (its READING and HEALTH console lines) as a table until Ctrl-C,
-SIGTERM or --duration. The back office's ingest stores what reaches the broker
-in build/demo-backoffice.db (new every run); the demo ends with today's
-collection success for the site. Then everything it started is stopped.
+directory, boots the virtual board on the simulator's bus, and shows the
+readings and health the gateway publishes, as received from the MQTT broker, as
+a table until Ctrl-C, SIGTERM or --duration. The broker is mosquitto when it is
+installed, else an embedded one (amqtt, metergate.bench.embedded_broker);
+--broker picks one. The back office's ingest stores what reaches the broker in
+build/demo-backoffice.db (new every run); the demo ends with today's collection
+success for the site. Then everything it started is stopped. Only when no
+broker can start does the table show the gateway's console lines instead (and
+no back office runs).
 
 Without a terminal (CI, a pipe) the table is printed once per poll cycle
 instead of redrawn in place; nothing is read from stdin.
@@ -236,7 +240,52 @@ def _mqtt_messages(probe):
         out.append(("READING" if where[1] == "reading" else "HEALTH", body))
 
 
-def run_demo(site_path, duration=None, interval=2.0, console=None, workdir=None):
+BROKER_CHOICES = ("auto", "mosquitto", "embedded")
+
+
+def start_broker(choice="auto", workdir=None):
+    """(started broker or None, one line saying which and why).
+
+    auto: mosquitto when installed (the production broker), else the embedded
+    amqtt broker; None only when neither could start (the console fallback).
+    A broker asked for by name that cannot start is an error (ClickException).
+    """
+    from metergate.backoffice.ingest import BROKER_SETTINGS
+    from metergate.bench.broker import Broker, BrokerNotFound, find_mosquitto
+    from metergate.bench.embedded_broker import EmbeddedBroker
+    from metergate.bench.procs import ProcessError
+
+    def logs(name):
+        return None if workdir is None else pathlib.Path(workdir) / name
+
+    failures = []
+    if choice in ("auto", "mosquitto"):
+        try:
+            binary = find_mosquitto()
+            broker = Broker(extra_config=BROKER_SETTINGS, workdir=logs("mosquitto")).start()
+            why = "asked for with --broker" if choice == "mosquitto" else "installed on this machine"
+            return broker, "broker: mosquitto (%s) on %s, %s" % (binary, broker.url, why)
+        except BrokerNotFound:
+            failures.append("mosquitto is not installed")
+        except ProcessError as exc:
+            failures.append("mosquitto did not start: %s" % str(exc).splitlines()[0])
+        if choice == "mosquitto":
+            raise click.ClickException("--broker mosquitto: %s (apt-get install mosquitto, or --broker embedded)"
+                                       % failures[0])
+    try:
+        broker = EmbeddedBroker(workdir=logs("amqtt")).start()
+        why = "asked for with --broker" if choice == "embedded" else failures[0]
+        return broker, ("broker: embedded (amqtt, in Python) on %s, %s; mosquitto remains the broker for "
+                        "production (docs/demo.md)" % (broker.url, why))
+    except (BrokerNotFound, ProcessError) as exc:
+        failures.append("the embedded broker did not start: %s" % str(exc).splitlines()[0])
+        if choice == "embedded":
+            raise click.ClickException("--broker embedded: %s" % failures[-1])
+    return None, ("[yellow]no MQTT broker could start (%s); showing the gateway's console instead, "
+                  "without the back office[/]" % "; ".join(failures))
+
+
+def run_demo(site_path, duration=None, interval=2.0, console=None, workdir=None, broker_choice="auto"):
     """Run the demo; returns the DemoView at the end. Raises ProcessError if a part fails."""
     from rich.console import Console
     from rich.live import Live
@@ -244,20 +293,18 @@ def run_demo(site_path, duration=None, interval=2.0, console=None, workdir=None)
     from metergate.sim import load_site
     from metergate.vboard.gateway import Bench, site_config
 
-    from metergate.bench.broker import Broker, BrokerNotFound, MqttProbe
+    from metergate.bench.broker import MqttProbe
 
     site = load_site(site_path)
     console = console or Console()
     view = DemoView(site)
     extra = {"health_interval_s": max(2, int(interval))}
-    from metergate.backoffice.ingest import BROKER_SETTINGS
 
-    broker = probe = backoffice = None
-    try:
-        broker = Broker(extra_config=BROKER_SETTINGS).start()
+    probe = backoffice = None
+    broker, which = start_broker(broker_choice, workdir)
+    console.print(which)
+    if broker is not None:
         extra.update(device_id=DEMO_DEVICE, mqtt={"url": broker.url, "keepalive_s": 30})
-    except BrokerNotFound as exc:
-        console.print("[yellow]no MQTT broker: %s; showing the gateway's console instead[/]" % exc)
     cfg = site_config(site, poll_interval_s=interval, **extra)
 
     def on_signal(signum, frame):
@@ -272,7 +319,7 @@ def run_demo(site_path, duration=None, interval=2.0, console=None, workdir=None)
             # the back office's view: what arrives at the broker, checked against the contract
             probe = MqttProbe(broker.url, client_id="metergate-demo").connect()
             probe.subscribe("metergate/v1/%s/#" % DEMO_DEVICE, qos=1)
-            view.source = "MQTT %s" % broker.url
+            view.source = "MQTT %s%s" % (broker.url, " (embedded broker)" if getattr(broker, "kind", None) == "embedded" else "")
             backoffice = DemoBackoffice(broker.url, site).start()
         bench.start()
         console.print("simulator %s (control %s), gateway flash %s%s" % (
@@ -342,12 +389,19 @@ def run_demo(site_path, duration=None, interval=2.0, console=None, workdir=None)
               help="Gateway poll interval in seconds.")
 @click.option("--workdir", type=click.Path(file_okay=False), default=None,
               help="Keep the flash and the logs here (default: a temp dir, removed at the end).")
-def demo(duration, site_path, interval, workdir):
+@click.option("--broker", "broker_choice", type=click.Choice(BROKER_CHOICES), default="auto", show_default=True,
+              help="MQTT broker the readings flow through: mosquitto when installed, else an embedded "
+                   "one (amqtt, in Python); the gateway's console only if neither can start.")
+def demo(duration, site_path, interval, workdir, broker_choice):
     """A simulated meter box and the virtual gateway polling it: live readings.
+
+    The readings are shown as received from MQTT and stored by the back office.
+    The broker is mosquitto when installed, else an embedded one (amqtt).
 
     \b
     metergate demo                    until Ctrl-C
     metergate demo --duration 20      scripted runs, CI (no terminal needed)
+    metergate demo --broker embedded  without mosquitto, even where it is installed
     """
     from rich.console import Console
 
@@ -356,6 +410,6 @@ def demo(duration, site_path, interval, workdir):
     console = Console(width=None if Console().is_terminal else 160)
     try:
         run_demo(site_path or DEMO_SITE, duration=duration, interval=interval, console=console,
-                 workdir=workdir)
+                 workdir=workdir, broker_choice=broker_choice)
     except ProcessError as exc:
         raise click.ClickException(str(exc))

@@ -4,6 +4,7 @@ broker through the back office's ingest and ends with today's collection
 success, exits 0 and leaves no process behind, both after --duration and
 after Ctrl-C (SIGINT)."""
 
+import os
 import pathlib
 import signal
 import subprocess
@@ -109,3 +110,47 @@ def test_ctrl_c_stops_the_demo_cleanly(tmp_path):
     assert left == [], "left behind: %s" % left
     assert "stopped the simulator and the virtual gateway" in text
     assert "collection success today" in text.rstrip().splitlines()[-1]
+
+
+def test_demo_with_the_embedded_broker_shows_and_stores_what_came_over_mqtt(tmp_path):
+    work = tmp_path / "work"
+    code, text, seen, left = run_demo(["--broker", "embedded", "--duration", "20", "--workdir", str(work)], tmp_path)
+    assert code == 0, text
+    assert text.startswith("broker: embedded (amqtt, in Python) on mqtt://127.0.0.1:"), text[:300]
+    assert len(seen) >= 3, "the broker, the simulator and the board should have been children"
+    assert left == [], "left behind: %s" % left
+    for mid in ("m1", "m2", "m3", "m4", "m5", "m6"):
+        assert "│ %s " % mid in text, mid
+    assert "MISWIRED: m2 (position 2" in text
+    # the table shows what reached the embedded broker, every message within the contract
+    assert "as received from MQTT mqtt://127.0.0.1:" in text and "(embedded broker)" in text
+    assert "the gateway's console" not in text
+    assert "broke the contract" not in text
+    last = text.rstrip().splitlines()[-1]
+    assert last.startswith("collection success today 今日采集成功率 (")
+    assert last.endswith("Demo estate, building 3, unit 1): collectors 1/1, meters read 已采表 6/6")
+    # amqtt carried it: the gateway and the ingest on persistent sessions, the demo's probe beside them
+    log = (work / "amqtt" / "amqtt.log").read_text()
+    assert "connected demo-gw (clean_session False" in log
+    assert "connected metergate-demo-backoffice (clean_session False" in log
+    assert "connected metergate-demo (clean_session True" in log
+    assert "metergate embedded broker stopped" in log
+    from metergate.backoffice.store import Store
+
+    with Store("sqlite:///%s" % (tmp_path / "build" / "demo-backoffice.db")).connect() as db:
+        stored = db.query("SELECT COUNT(*), COUNT(DISTINCT meter) FROM readings WHERE device = 'demo-gw'")[0]
+        assert stored[0] >= 6 and stored[1] == 6
+        assert db.query("SELECT COUNT(*) FROM quarantine")[0][0] == 0
+
+
+def test_an_embedded_broker_that_cannot_start_is_named_when_asked_for(tmp_path):
+    # an amqtt that fails to import: the broker asked for by name is an error, not a quiet fallback
+    broken = tmp_path / "broken" / "amqtt"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text("raise ImportError('amqtt is broken here')\n")
+    env = dict(os.environ, PYTHONPATH=str(tmp_path / "broken"))
+    proc = subprocess.run([METERGATE, "demo", "--broker", "embedded", "--duration", "5"], cwd=tmp_path, env=env,
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "--broker embedded: the embedded broker did not start" in proc.stderr
+    assert "amqtt is broken here" in proc.stderr

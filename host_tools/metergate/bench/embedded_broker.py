@@ -30,6 +30,7 @@ from metergate.bench.procs import LOOPBACK, ManagedProcess, ProcessError, free_t
 __all__ = ["EmbeddedBroker", "amqtt_missing"]
 
 READY = "metergate embedded broker ready on"
+FAILED = "metergate embedded broker failed: "
 
 
 def amqtt_missing():
@@ -91,11 +92,15 @@ class EmbeddedBroker:
             self.process.start()
             try:
                 self.process.wait_ready()
-            except ProcessError:
-                lost_race = "address already in use" in self.process.log_text().lower()
+            except ProcessError as exc:
+                text = self.process.log_text()
+                lost_race = "address already in use" in text.lower()
                 self.process.stop(grace=1.0)
                 if lost_race and attempt + 1 < attempts:
                     continue
+                said = [line for line in text.splitlines() if line.startswith(FAILED)]
+                if said:  # its own one-line reason first, then the log for the rest
+                    raise ProcessError("%s (log: %s)" % (said[-1][len(FAILED):], self.log_path)) from exc
                 raise
             return self
         raise AssertionError("unreachable")
@@ -320,7 +325,7 @@ def main(argv=None):
         asyncio.run(_serve(args.host, args.port))
     except Exception as exc:  # noqa: BLE001 - one clear line for the parent's error message
         cause = exc.__cause__ or exc
-        print("metergate embedded broker failed: %s: %s" % (type(cause).__name__, cause), flush=True)
+        print("%s%s: %s" % (FAILED, type(cause).__name__, cause), flush=True)
         return 1
     return 0
 
