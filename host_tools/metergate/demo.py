@@ -276,7 +276,7 @@ def start_broker(choice="auto", workdir=None):
         broker = EmbeddedBroker(workdir=logs("amqtt")).start()
         why = "asked for with --broker" if choice == "embedded" else failures[0]
         return broker, ("broker: embedded (amqtt, in Python) on %s, %s; mosquitto remains the broker for "
-                        "production (docs/demo.md)" % (broker.url, why))
+                        "production (docs/virtual-board.md)" % (broker.url, why))
     except (BrokerNotFound, ProcessError) as exc:
         failures.append("the embedded broker did not start: %s" % str(exc).splitlines()[0])
         if choice == "embedded":

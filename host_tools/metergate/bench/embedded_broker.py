@@ -9,7 +9,7 @@ threads, and so that stopping it is the same as stopping mosquitto.
 
 Mosquitto stays the broker for tests and production (ARCHITECTURE.md). What
 amqtt 0.12 does differently, and what this module does about it, is in
-docs/demo.md ("The embedded broker") and checked by tests/host/test_embedded_broker.py.
+docs/virtual-board.md ("The demo's MQTT broker") and checked by tests/host/test_embedded_broker.py.
 """
 
 import argparse
