@@ -71,7 +71,7 @@ def test_every_code_has_a_severity_and_both_languages_with_the_same_parameters()
                  "ELEC-VOLTAGE-LOW", "ELEC-VOLTAGE-HIGH", "ELEC-IN-OUT-REVERSED", "ELEC-NEUTRAL-MISMATCH",
                  "ELEC-PHASE-LOSS", "ELEC-VOLTAGE-LOSS", "ELEC-PHASE-SEQUENCE", "ELEC-CURRENT-REVERSED",
                  "ELEC-WIRING", "ELEC-WIRING-AMBIGUOUS", "ELEC-WIRING-UNCERTAIN", "ELEC-NO-LOAD",
-                 "CORR-BREAKER-MISMATCH", "CORR-NO-CURRENT-DROP", "GW-SUPPLY-LOW", "GW-BROWNOUT-RESETS",
+                 "CORR-BREAKER-MISMATCH", "CORR-NO-CURRENT-DROP", "CORR-CURRENT-UNREAD", "GW-SUPPLY-LOW", "GW-BROWNOUT-RESETS",
                  "CHECK-SKIPPED"):
         assert code in seen, code
 

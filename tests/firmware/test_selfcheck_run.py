@@ -121,3 +121,48 @@ def test_a_quiet_idle_line_gives_nothing():
     out = []
     asyncio.run(sc.idle_junk(ctx, out))
     assert out == []
+
+
+# -- the guided breaker test: a meter that does not answer is read again, then named -------
+
+DI_CURRENT = 0x02020100
+
+
+def _current_reply(amps_milli):
+    # XXX.XXX A: three BCD bytes, low byte first
+    digits = "%06d" % amps_milli
+    data = bytes(int(digits[k:k + 2], 16) for k in (4, 2, 0))
+    return bytes(dlt645.build_read_reply(ADDR, DI_CURRENT, data, preamble=0))
+
+
+def _breaker_ctx(script):
+    """m1 at position 4 answering its current read by read from script: milliamps, or None (silence)."""
+    reads = []
+
+    def respond(request, uart):
+        k = len(reads)
+        reads.append(k)
+        amps = script[k] if k < len(script) else script[-1]
+        return None if amps is None else [(20, _current_reply(amps))]
+
+    ctx, m, _ = _ctx(respond)
+    return ctx, reads
+
+
+def test_breaker_step_reads_a_silent_meter_again_before_judging():
+    # baseline 5 A; after the breaker: one lost reply, then 0.1 A: m1 dropped, its own position
+    ctx, reads = _breaker_ctx([5000, None, 100])
+    corr = sc.Correspondence()
+    assert asyncio.run(corr.baseline_step(ctx))["currents"] == {"m1": 5.0}
+    got = asyncio.run(corr.off_step(ctx, 4))
+    assert got["dropped"] == ["m1"] and got["finding"] is None and len(reads) == 3
+
+
+def test_breaker_step_with_a_meter_that_never_answers_names_it_instead_of_no_drop():
+    ctx, reads = _breaker_ctx([5000, None])
+    corr = sc.Correspondence()
+    asyncio.run(corr.baseline_step(ctx))
+    got = asyncio.run(corr.off_step(ctx, 4))
+    f = got["finding"]
+    assert f["code"] == "CORR-CURRENT-UNREAD" and f["severity"] == "warning" and "m1" in f["message"]["en"]
+    assert got["dropped"] == [] and len(reads) == 1 + sc.Correspondence.TRIES

@@ -317,3 +317,14 @@ def test_connection_failures_name_what_failed(tmp_path):
     res = CliRunner().invoke(main, ["selfcheck", "correspondence", "--mqtt", "mqtt://127.0.0.1:%d" % port,
                                     "--gateway", "g", "--positions", "1,x"])
     assert res.exit_code == 2 and "--positions: 'x' is not a position number" in res.output
+
+
+def test_a_breaker_step_without_a_verdict_is_not_shown_as_a_mismatch():
+    unread = {"position": 2, "dropped": [], "finding": {
+        "code": "CORR-CURRENT-UNREAD", "message": {"zh": "表 m1 的电流读不到", "en": "meter(s) m1 could not be read"}}}
+    en, zh = sc.off_text(unread, "en"), sc.off_text(unread, "zh")
+    assert "NOT JUDGED" in en and "m1 could not be read" in en and "MISMATCH" not in en
+    assert "无法判断" in zh and "不符" not in zh
+    mismatch = {"position": 1, "dropped": ["m2"], "finding": {"code": "CORR-BREAKER-MISMATCH",
+                                                              "message": {"en": "feeds m2", "zh": "接在 m2"}}}
+    assert "MISMATCH" in sc.off_text(mismatch, "en")

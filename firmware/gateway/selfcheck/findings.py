@@ -179,6 +179,12 @@ CATALOGUE = (
      "确认空开后面有负载在用电后重试；若仍无变化，查该空开实际接在哪块表上。",
      "Make sure a load is on behind that breaker and try again; if nothing changes, trace which meter the "
      "breaker is really on."),
+    ("CORR-CURRENT-UNREAD", WARNING,
+     "断开表位 {position} 的空开后，表 {meters} 的电流读不到，无法判断对应关系。",
+     "After the breaker of position {position} was switched off, the current of meter(s) {meters} could not be "
+     "read: no verdict on that breaker.",
+     "先排除这些表的通信故障（见本次自检的链路结果），再重做这一步。",
+     "Clear those meters' communication fault first (see this check's link results), then repeat the step."),
     # -- the gateway's own power
     ("GW-SUPPLY-LOW", FAULT,
      "采集器供电电压 {voltage} V，低于 {minimum} V。",

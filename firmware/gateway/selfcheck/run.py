@@ -458,6 +458,7 @@ class Correspondence:
 
     DROP = 0.5  # a meter "dropped" when its current fell by at least half...
     GATE_A = 0.05  # ...and by more than the no-load gate (PROTOCOLS.md: max(0.05 A, 1 % Ib))
+    TRIES = 3  # reads of a meter's current before it counts as unread (one lost reply is no verdict)
 
     def __init__(self):
         self.baseline = None
@@ -468,10 +469,11 @@ class Correspondence:
         cur = {}
         for m in ctx.meters:
             names = _PHASE_CURRENTS.get(m.kind, ("current",))
-            got = await read_items(ctx, m, names)
-            v = _current(got, m.kind)
-            if v is not None:
-                cur[m.id] = round(v, 3)
+            for _ in range(self.TRIES):
+                v = _current(await read_items(ctx, m, names), m.kind)
+                if v is not None:
+                    cur[m.id] = round(v, 3)
+                    break
         return cur
 
     async def baseline_step(self, ctx):
@@ -485,6 +487,7 @@ class Correspondence:
             raise ValueError("take the baseline first (step: baseline)")
         now = await self.currents(ctx)
         dropped = []
+        unread = [mid for mid in self.baseline if mid not in now]
         for mid in self.baseline:
             b = self.baseline[mid]
             a = now.get(mid)
@@ -495,7 +498,11 @@ class Correspondence:
         at = [m for m in ctx.meters if m.position == position]
         expected = at[0].id if at else None
         f = None
-        if not dropped:
+        if unread and (not dropped or expected in unread):
+            # a meter that did not answer may be the one that dropped: no verdict on this breaker
+            f = finding("CORR-CURRENT-UNREAD", expected, position, {"before": self.baseline, "after": now},
+                        meters=", ".join(unread))
+        elif not dropped:
             f = finding("CORR-NO-CURRENT-DROP", expected, position, {"before": self.baseline, "after": now})
         elif expected not in dropped or len(dropped) > 1:
             other = [mid for mid in dropped if mid != expected] or dropped

@@ -495,8 +495,13 @@ def off_text(result: dict, lang: str = "zh") -> str:
     dropped = result.get("dropped") or []
     finding = result.get("finding")
     names = ", ".join(dropped) if dropped else ("无" if lang == "zh" else "none")
+    unread = finding is not None and finding.get("code") == "CORR-CURRENT-UNREAD"
     if lang == "zh":
         line = "表位 %s：电流下降的表 %s" % (pos, names)
+        if unread:
+            return line + "，无法判断 ? %s" % _text(finding.get("message"), lang)
         return line + ("，对应正确 ✓" if not finding else "，不符 ✗ %s" % _text(finding.get("message"), lang))
     line = "position %s: current dropped at %s" % (pos, names)
+    if unread:
+        return line + ": NOT JUDGED ? %s" % _text(finding.get("message"), lang)
     return line + (": matches ✓" if not finding else ": MISMATCH ✗ %s" % _text(finding.get("message"), lang))
