@@ -21,6 +21,7 @@ prompts, so the CLI asks a person and a test switches the simulator.
 
 from __future__ import annotations
 
+import ast
 import json
 import pathlib
 import time
@@ -367,6 +368,7 @@ class _Lines:
                 raise SelfcheckError("the board printed a SELFCHECK line that is not JSON: %s" % exc) from None
 
 
+REPL_TIMEOUT_S = 30  # the raw REPL after a soft reset: a busy host can keep the virtual board slow
 _RUN = "import gateway.selfcheck.run as r\nr.standalone(%r, %r)\n"
 
 
@@ -393,8 +395,12 @@ def run_over_serial(port: str, mode: str = "full", timeout: float = 300.0, on_pr
         for attempt in (1, 2):
             # a board still booting (or printing) when Ctrl-C lands may miss the first try
             try:
-                transport.enter_raw_repl(soft_reset=True)
-                platform = transport.eval("__import__('sys').platform")
+                transport.enter_raw_repl(soft_reset=True, timeout_overall=REPL_TIMEOUT_S)
+                # mpremote's eval() waits 10 s; a board still coming up from the soft reset may take longer
+                out, err = transport.exec_raw("print(repr(__import__('sys').platform))", timeout=REPL_TIMEOUT_S)
+                if err:
+                    raise TransportError(err.decode("utf-8", "replace").strip())
+                platform = ast.literal_eval(out.decode().strip())
                 transport.exec_raw_no_follow(_RUN % (mode, meter))
                 break
             except TransportError as exc:
