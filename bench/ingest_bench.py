@@ -29,7 +29,7 @@ import tempfile
 import threading
 import time
 
-N = 20000
+N = 50000
 DEVICES = ["bench-gw-%02d" % i for i in range(10)]
 TOPIC = "metergate/v1/+/reading"
 METERGATE = str(pathlib.Path(sys.executable).with_name("metergate"))
