@@ -64,7 +64,9 @@ def wire_floor(site, entries, dis=None):
     for entry in entries:
         m = mt.build(entry, {"retries": 1})
         blocks, singles = m.plans[0]
-        reqs = [req for _bdi, req, _names in blocks] + [m.entries[n][1] for n in singles]
+        # the firmware may build a request only when it sends it (None in the plan)
+        reqs = ([req if req is not None else m._request(bdi) for bdi, req, _names in blocks]
+                + [m.entries[n][1] if m.entries[n][1] is not None else m._request(m.entries[n][0]) for n in singles])
         if dis is not None:
             reqs = [m._request(di) for di in dis]
         delay = site.meter(entry["id"]).response_delay_ms / 1000

@@ -88,6 +88,18 @@ def generate(root, meters, seed=1):
     return len(meter_ids) * DAYS, len(jobs), len(people)
 
 
+def _peak_rss_kb():
+    """This process's peak RSS. VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss
+    over fork and exec, so a child of a large `python -m bench` reported its parent's peak."""
+    try:
+        for line in pathlib.Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
 def child(mode, data):
     """Run in a fresh process: one measurement, printed as JSON."""
     t0 = time.perf_counter()
@@ -105,7 +117,7 @@ def child(mode, data):
 
         out = {}
     out["seconds"] = time.perf_counter() - t0
-    out["maxrss_kb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    out["maxrss_kb"] = _peak_rss_kb()
     print(json.dumps(out))
 
 

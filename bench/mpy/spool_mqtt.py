@@ -70,7 +70,7 @@ J = [None, None]
 def backlog(n):
     """n readings into the spool behind the publisher's back (no live hand-over)."""
     for _ in range(n):
-        rt.spool.append(rt.writer.reading(m.out[0], rt.spool.next_seq, hal.time(), J[0], J[1], rtm._num),
+        rt.spool.append(rt.writer.reading(rt.reading_head, m.id, m.out[0], rt.spool.next_seq, hal.time(), J[0], J[1], rtm._num),
                         hal.time())
 
 
