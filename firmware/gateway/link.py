@@ -31,7 +31,7 @@
 # silent fast meter does not cost 500 ms per item.
 from array import array
 
-from gateway.compat import const, ticks_ms, ticks_diff
+from gateway.compat import const, sleep_ms, ticks_ms, ticks_diff
 from gateway.protocols import dlt645, modbus
 
 # Transaction results.
@@ -331,8 +331,6 @@ class Link:
     async def _drive_async(self, gen, n_request):
         """Run a transaction from asyncio: the loop serves other tasks while
         the request is on the wire and while the meter thinks."""
-        from gateway.compat import sleep_ms
-
         uart = self.uart
         try:
             op = next(gen)
@@ -353,8 +351,8 @@ class Link:
         """Send a request without waiting for a reply (broadcasts)."""
         self._drive(self._send(request))
 
-    async def send_async(self, request):
-        await self._drive_async(self._send(request), len(request))
+    def send_async(self, request):
+        return self._drive_async(self._send(request), len(request))
 
     # -- DL/T 645 ---------------------------------------------------------
 
@@ -374,11 +372,12 @@ class Link:
         return self._drive(self._dlt645(request, address, function, di, stats, timeout_ms, byte_timeout_ms,
                                         retries))
 
-    async def dlt645_async(self, request, address, function, di=None, stats=None,
-                           timeout_ms=RESPONSE_TIMEOUT_MS, byte_timeout_ms=BYTE_TIMEOUT_MS, retries=0):
-        """dlt645() for asyncio callers (hold the bus lock around it)."""
-        return await self._drive_async(self._dlt645(request, address, function, di, stats, timeout_ms,
-                                                    byte_timeout_ms, retries), len(request))
+    def dlt645_async(self, request, address, function, di=None, stats=None,
+                     timeout_ms=RESPONSE_TIMEOUT_MS, byte_timeout_ms=BYTE_TIMEOUT_MS, retries=0):
+        """dlt645() for asyncio callers (hold the bus lock around it; await it at once).
+        Not a coroutine itself: it hands back the driver's, one coroutine frame less a read."""
+        return self._drive_async(self._dlt645(request, address, function, di, stats, timeout_ms,
+                                              byte_timeout_ms, retries), len(request))
 
     def _scan_dlt(self, start, end):
         buf = self.buf
@@ -431,11 +430,11 @@ class Link:
         return self._drive(self._modbus(request, unit, function, count, stats, timeout_ms, byte_timeout_ms,
                                         retries))
 
-    async def modbus_async(self, request, unit, function, count=0, stats=None,
-                           timeout_ms=RESPONSE_TIMEOUT_MS, byte_timeout_ms=BYTE_TIMEOUT_MS, retries=0):
-        """modbus() for asyncio callers (hold the bus lock around it)."""
-        return await self._drive_async(self._modbus(request, unit, function, count, stats, timeout_ms,
-                                                    byte_timeout_ms, retries), len(request))
+    def modbus_async(self, request, unit, function, count=0, stats=None,
+                     timeout_ms=RESPONSE_TIMEOUT_MS, byte_timeout_ms=BYTE_TIMEOUT_MS, retries=0):
+        """modbus() for asyncio callers (hold the bus lock around it; await it at once)."""
+        return self._drive_async(self._modbus(request, unit, function, count, stats, timeout_ms,
+                                              byte_timeout_ms, retries), len(request))
 
     def _scan_modbus(self, start, end):
         reply = self.reply
