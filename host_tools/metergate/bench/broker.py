@@ -20,6 +20,7 @@ from metergate.bench.procs import LOOPBACK, ManagedProcess, ProcessError, free_t
 
 __all__ = [
     "Broker",
+    "ManagedBroker",
     "BrokerNotFound",
     "ExternalBroker",
     "MqttProbe",
@@ -72,7 +73,100 @@ class TlsListener:
         self.require_certificate = require_certificate
 
 
-class Broker:
+class ManagedBroker:
+    """A broker run as a child process on loopback: what mosquitto (Broker) and
+    the demo's embedded broker (metergate.bench.embedded_broker) share. A port,
+    fixed or a free one (tried again when another process takes it first); a
+    work dir for its log (a temp dir by default, removed at stop unless the log
+    was asked to live elsewhere); start / stop / context manager.
+
+    A subclass names its LOG_NAME and WORKDIR_PREFIX and gives
+    ``_prepare()`` (once before the first attempt: find the program, ...),
+    ``_process()`` (the ManagedProcess for the chosen port) and, optionally,
+    ``_explain(exc, log_text)`` (the error to raise when it did not start)."""
+
+    kind = "?"
+    LOG_NAME = "broker.log"
+    WORKDIR_PREFIX = "metergate-broker-"
+
+    def __init__(self, *, port=None, host=LOOPBACK, log_path=None, workdir=None, ready_timeout=10.0):
+        self.host = host
+        self._fixed_port = port
+        self.port = port
+        self.ready_timeout = ready_timeout
+        self._own_workdir = workdir is None
+        self.workdir = None if workdir is None else pathlib.Path(workdir)
+        self._log_path = None if log_path is None else pathlib.Path(log_path)
+        self.process = None
+
+    @property
+    def url(self):
+        return "mqtt://%s:%d" % (self.host, self.port)
+
+    @property
+    def tls_url(self):
+        return None  # no TLS listener unless a subclass has one
+
+    @property
+    def log_path(self):
+        if self._log_path is None and self.workdir is not None:
+            return self.workdir / self.LOG_NAME
+        return self._log_path
+
+    def _prepare(self):
+        pass
+
+    def _process(self):
+        raise NotImplementedError
+
+    def _explain(self, exc, log_text):
+        return None  # the ManagedProcess error as it is
+
+    def start(self):
+        self._prepare()
+        if self.workdir is None:
+            self.workdir = pathlib.Path(tempfile.mkdtemp(prefix=self.WORKDIR_PREFIX))
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        attempts = 1 if self._fixed_port is not None else 5
+        for attempt in range(attempts):
+            if self._fixed_port is None:
+                self.port = free_tcp_port(self.host)
+            self.process = self._process()
+            self.process.start()
+            try:
+                self.process.wait_ready()
+            except ProcessError as exc:
+                text = self.process.log_text()
+                self.process.stop(grace=1.0)
+                if "address already in use" in text.lower() and attempt + 1 < attempts:
+                    continue  # another process took the free port first
+                better = self._explain(exc, text)
+                if better is not None:
+                    raise better from exc
+                raise
+            return self
+        raise AssertionError("unreachable")
+
+    def stop(self):
+        if self.process is not None:
+            self.process.stop()
+        if self._own_workdir and self.workdir is not None:
+            log = self.log_path
+            if log is None or self.workdir not in log.resolve().parents:
+                shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+        return False
+
+    def __repr__(self):
+        return "<%s %s log=%s>" % (type(self).__name__, self.url if self.port else "(not started)", self.log_path)
+
+
+class Broker(ManagedBroker):
     """mosquitto on loopback, configured from the arguments.
 
     ``port``: fixed port, or None for a free one (retried if another process
@@ -83,13 +177,15 @@ class Broker:
     log (default: in the temp directory, which is then kept).
     """
 
+    kind = "mosquitto"
+    LOG_NAME = "mosquitto.log"
+    WORKDIR_PREFIX = "metergate-broker-"
+
     def __init__(self, *, port=None, host=LOOPBACK, log_path=None, workdir=None,
                  allow_anonymous=True, persistence=False, password_file=None,
                  acl_file=None, tls=None, extra_config=(), ready_timeout=10.0,
                  mosquitto=None):
-        self.host = host
-        self._fixed_port = port
-        self.port = port
+        super().__init__(port=port, host=host, log_path=log_path, workdir=workdir, ready_timeout=ready_timeout)
         self.allow_anonymous = allow_anonymous
         self.persistence = persistence
         self.password_file = password_file
@@ -97,27 +193,13 @@ class Broker:
         self.tls = tls
         self.tls_port = None
         self.extra_config = list(extra_config)
-        self.ready_timeout = ready_timeout
         self._mosquitto = mosquitto
-        self._own_workdir = workdir is None
-        self.workdir = None if workdir is None else pathlib.Path(workdir)
-        self._log_path = None if log_path is None else pathlib.Path(log_path)
+        self._binary = None
         self.config_path = None
-        self.process = None
-
-    @property
-    def url(self):
-        return "mqtt://%s:%d" % (self.host, self.port)
 
     @property
     def tls_url(self):
         return None if self.tls_port is None else "mqtts://%s:%d" % (self.host, self.tls_port)
-
-    @property
-    def log_path(self):
-        if self._log_path is None and self.workdir is not None:
-            return self.workdir / "mosquitto.log"
-        return self._log_path
 
     def config_text(self):
         lines = [
@@ -158,53 +240,17 @@ class Broker:
         lines += self.extra_config
         return "\n".join(lines) + "\n"
 
-    def start(self):
-        binary = self._mosquitto or find_mosquitto()
-        if self.workdir is None:
-            self.workdir = pathlib.Path(tempfile.mkdtemp(prefix="metergate-broker-"))
-        self.workdir.mkdir(parents=True, exist_ok=True)
+    def _prepare(self):
+        self._binary = self._mosquitto or find_mosquitto()
+
+    def _process(self):
+        if self.tls is not None:
+            self.tls_port = self.tls.port or free_tcp_port(self.host)
         self.config_path = self.workdir / "mosquitto.conf"
-        attempts = 1 if self._fixed_port is not None else 5
-        for attempt in range(attempts):
-            if self._fixed_port is None:
-                self.port = free_tcp_port(self.host)
-            if self.tls is not None:
-                self.tls_port = self.tls.port or free_tcp_port(self.host)
-            self.config_path.write_text(self.config_text())
-            ports = [self.port] + ([self.tls_port] if self.tls_port is not None else [])
-            self.process = ManagedProcess(
-                [binary, "-c", self.config_path], self.log_path, name="mosquitto",
-                ready_port=ports, ready_host=self.host, ready_timeout=self.ready_timeout,
-                grace=5.0)
-            self.process.start()
-            try:
-                self.process.wait_ready()
-            except ProcessError:
-                lost_race = "Address already in use" in self.process.log_text()
-                self.process.stop(grace=1.0)
-                if lost_race and attempt + 1 < attempts:
-                    continue
-                raise
-            return self
-        raise AssertionError("unreachable")
-
-    def stop(self):
-        if self.process is not None:
-            self.process.stop()
-        if self._own_workdir and self.workdir is not None:
-            log = self.log_path
-            if log is None or self.workdir not in log.resolve().parents:
-                shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.stop()
-        return False
-
-    def __repr__(self):
-        return "<Broker %s log=%s>" % (self.url if self.port else "(not started)", self.log_path)
+        self.config_path.write_text(self.config_text())
+        ports = [self.port] + ([self.tls_port] if self.tls_port is not None else [])
+        return ManagedProcess([self._binary, "-c", self.config_path], self.log_path, name="mosquitto",
+                              ready_port=ports, ready_host=self.host, ready_timeout=self.ready_timeout, grace=5.0)
 
 
 class ExternalBroker:

@@ -18,14 +18,11 @@ import functools
 import importlib.util
 import itertools
 import logging
-import pathlib
-import shutil
 import signal
 import sys
-import tempfile
 
-from metergate.bench.broker import BrokerNotFound
-from metergate.bench.procs import LOOPBACK, ManagedProcess, ProcessError, free_tcp_port
+from metergate.bench.broker import BrokerNotFound, ManagedBroker
+from metergate.bench.procs import LOOPBACK, ManagedProcess, ProcessError
 
 __all__ = ["EmbeddedBroker", "amqtt_missing"]
 
@@ -40,7 +37,7 @@ def amqtt_missing():
     return None
 
 
-class EmbeddedBroker:
+class EmbeddedBroker(ManagedBroker):
     """amqtt in a child process on loopback; the demo's broker when mosquitto is missing.
 
     ``workdir``: where the log goes (default: a temp directory, removed at stop
@@ -49,79 +46,30 @@ class EmbeddedBroker:
     """
 
     kind = "embedded"
+    LOG_NAME = "amqtt.log"
+    WORKDIR_PREFIX = "metergate-amqtt-"
 
     def __init__(self, *, port=None, host=LOOPBACK, workdir=None, log_path=None, ready_timeout=20.0,
                  python=None):
-        self.host = host
-        self._fixed_port = port
-        self.port = port
-        self.ready_timeout = ready_timeout
+        super().__init__(port=port, host=host, log_path=log_path, workdir=workdir, ready_timeout=ready_timeout)
         self.python = python or sys.executable
-        self._own_workdir = workdir is None
-        self.workdir = None if workdir is None else pathlib.Path(workdir)
-        self._log_path = None if log_path is None else pathlib.Path(log_path)
-        self.process = None
-        self.tls_url = None
 
-    @property
-    def url(self):
-        return "mqtt://%s:%d" % (self.host, self.port)
-
-    @property
-    def log_path(self):
-        if self._log_path is None and self.workdir is not None:
-            return self.workdir / "amqtt.log"
-        return self._log_path
-
-    def start(self):
+    def _prepare(self):
         missing = amqtt_missing()
         if missing:
             raise BrokerNotFound(missing)
-        if self.workdir is None:
-            self.workdir = pathlib.Path(tempfile.mkdtemp(prefix="metergate-amqtt-"))
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        attempts = 1 if self._fixed_port is not None else 5
-        for attempt in range(attempts):
-            if self._fixed_port is None:
-                self.port = free_tcp_port(self.host)
-            self.process = ManagedProcess(
-                [self.python, "-m", "metergate.bench.embedded_broker", "--host", self.host,
-                 "--port", self.port],
-                # ready when it says so (printed once listening): a port probe would be logged as a bad client
-                self.log_path, name="amqtt", ready_line=READY, ready_timeout=self.ready_timeout, grace=5.0)
-            self.process.start()
-            try:
-                self.process.wait_ready()
-            except ProcessError as exc:
-                text = self.process.log_text()
-                lost_race = "address already in use" in text.lower()
-                self.process.stop(grace=1.0)
-                if lost_race and attempt + 1 < attempts:
-                    continue
-                said = [line for line in text.splitlines() if line.startswith(FAILED)]
-                if said:  # its own one-line reason first, then the log for the rest
-                    raise ProcessError("%s (log: %s)" % (said[-1][len(FAILED):], self.log_path)) from exc
-                raise
-            return self
-        raise AssertionError("unreachable")
 
-    def stop(self):
-        if self.process is not None:
-            self.process.stop()
-        if self._own_workdir and self.workdir is not None:
-            log = self.log_path
-            if log is None or self.workdir not in log.resolve().parents:
-                shutil.rmtree(self.workdir, ignore_errors=True)
+    def _process(self):
+        return ManagedProcess(
+            [self.python, "-m", "metergate.bench.embedded_broker", "--host", self.host, "--port", self.port],
+            # ready when it says so (printed once listening): a port probe would be logged as a bad client
+            self.log_path, name="amqtt", ready_line=READY, ready_timeout=self.ready_timeout, grace=5.0)
 
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.stop()
-        return False
-
-    def __repr__(self):
-        return "<EmbeddedBroker %s log=%s>" % (self.url if self.port else "(not started)", self.log_path)
+    def _explain(self, exc, log_text):
+        said = [line for line in log_text.splitlines() if line.startswith(FAILED)]
+        if said:  # its own one-line reason first, then the log for the rest
+            return ProcessError("%s (log: %s)" % (said[-1][len(FAILED):], self.log_path))
+        return None
 
 
 # -- the child process -------------------------------------------------------------
