@@ -83,6 +83,11 @@ def counters(stats):
     return {COUNTER_NAMES[k]: stats[k] for k in range(len(COUNTER_NAMES))}
 
 
+def finished(stats):
+    """Attempts that have ended (the one on the wire now is not one yet)."""
+    return stats[VALID] + stats[TIMEOUTS] + stats[BAD_CHECKSUMS] + stats[BAD_FRAMES]
+
+
 def count(stats, result):
     """One finished attempt."""
     stats[VALID + result if 0 <= result <= BAD_FRAME else BAD_FRAMES] += 1

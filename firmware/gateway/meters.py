@@ -275,14 +275,9 @@ class Meter:
         """{name: (value, unit)} -> {name: (value, unit, quality)}; remembers cumulative values."""
         out = {}
         st = self.stats
-        mono = self.profile.mono
         for name in values:
             v, unit = values[name]
-            slot = -1
-            for k in range(len(mono)):
-                if mono[k] == name:
-                    slot = lk.STATS + k
-                    break
+            slot = self._slot(name)
             q = quality(name, unit, v, st[slot] - 1 if slot >= 0 and st[slot] else None)
             if q == "good" and slot >= 0:
                 h = hundredths(v)
@@ -291,13 +286,13 @@ class Meter:
             out[name] = (v, unit, q)
         return out
 
-    def previous(self, name):
-        """The last good value of cumulative item `name` in hundredths, or None."""
+    def _slot(self, name):
+        """Where in self.stats the last good value of cumulative item `name` is kept; -1: not cumulative."""
         mono = self.profile.mono
         for k in range(len(mono)):
-            if mono[k] == name and self.stats[lk.STATS + k]:
-                return self.stats[lk.STATS + k] - 1
-        return None
+            if mono[k] == name:
+                return lk.STATS + k
+        return -1
 
     def _line(self, cfg, baud, parity):
         mid = self.id

@@ -539,7 +539,7 @@ class Runtime:
     def _meter_health(self, m):
         c = m.stats
         d = lk.counters(c)
-        done = c[lk.VALID] + c[lk.TIMEOUTS] + c[lk.BAD_CHECKSUMS] + c[lk.BAD_FRAMES]  # not the one on the wire
+        done = lk.finished(c)
         d["success"] = round(c[lk.VALID] / done, 4) if done else None
         d["latency_ms"] = lk.latency_ms(c)
         d["clock_drift_s"] = m.clock_drift_s
@@ -558,7 +558,7 @@ class Runtime:
                 s["meters"] += 1
                 s["sent"] += c[lk.SENT]
                 s["valid"] += c[lk.VALID]
-                s["done"] += c[lk.VALID] + c[lk.TIMEOUTS] + c[lk.BAD_CHECKSUMS] + c[lk.BAD_FRAMES]
+                s["done"] += lk.finished(c)
         for col in collectors:
             s = collectors[col]
             s["success"] = round(s["valid"] / s["done"], 4) if s["done"] else None

@@ -319,7 +319,7 @@ def run_demo(site_path, duration=None, interval=2.0, console=None, workdir=None,
             # the back office's view: what arrives at the broker, checked against the contract
             probe = MqttProbe(broker.url, client_id="metergate-demo").connect()
             probe.subscribe("metergate/v1/%s/#" % DEMO_DEVICE, qos=1)
-            view.source = "MQTT %s%s" % (broker.url, " (embedded broker)" if getattr(broker, "kind", None) == "embedded" else "")
+            view.source = "MQTT %s%s" % (broker.url, " (embedded broker)" if broker.kind == "embedded" else "")
             backoffice = DemoBackoffice(broker.url, site).start()
         bench.start()
         console.print("simulator %s (control %s), gateway flash %s%s" % (

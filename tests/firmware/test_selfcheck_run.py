@@ -129,7 +129,7 @@ DI_CURRENT = 0x02020100
 
 
 def _current_reply(amps_milli):
-    # XXX.XXX A: three BCD bytes, low byte first
+    # 000.000 A format (DL/T 645 02020100): three BCD bytes, low byte first
     digits = "%06d" % amps_milli
     data = bytes(int(digits[k:k + 2], 16) for k in (4, 2, 0))
     return bytes(dlt645.build_read_reply(ADDR, DI_CURRENT, data, preamble=0))

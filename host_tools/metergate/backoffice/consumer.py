@@ -64,7 +64,6 @@ _FIXED_FLAGS = {CONNACK: 0, PUBACK: 0, PUBREC: 0, PUBREL: 2, PUBCOMP: 0, SUBACK:
 
 _PINGREQ = b"\xc0\x00"
 _DISCONNECT = b"\xe0\x00"
-_PUBACK = struct.Struct(">BBH")
 
 
 class MqttError(Exception):

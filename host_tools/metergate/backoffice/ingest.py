@@ -77,28 +77,6 @@ class Record:
     topic: str = ""
     payload: bytes = b""
     reason: str = ""
-    validated: bool = True
-
-
-def _selfcheck_validator():
-    """contract.validate('selfcheck') once the contract has it; the schema file if only that exists."""
-    if "selfcheck" in contract.KINDS:
-        return lambda payload: contract.validate("selfcheck", payload)
-    path = contract.HERE / "selfcheck.schema.json"
-    if not path.exists():
-        return None
-    import jsonschema
-
-    schema = json.loads(path.read_text())
-    validator = jsonschema.validators.validator_for(schema)(schema)
-
-    def check(body):
-        errors = sorted(validator.iter_errors(body), key=lambda e: list(e.absolute_path))
-        if errors:
-            where = "/".join(str(p) for p in errors[0].absolute_path) or "(top)"
-            raise contract.ContractError("selfcheck", "%s: %s" % (where, errors[0].message))
-        return body
-    return check
 
 
 class FastContract:
@@ -166,7 +144,7 @@ def _fast_contract():
         return None
 
 
-def classify(topic: str, payload: bytes, prefix: str = "metergate", selfcheck_validator=None) -> Record:
+def classify(topic: str, payload: bytes, prefix: str = "metergate") -> Record:
     """What the message is and whether it keeps the contract (never raises)."""
     payload = bytes(payload)
 
@@ -178,25 +156,14 @@ def classify(topic: str, payload: bytes, prefix: str = "metergate", selfcheck_va
         return bad("not a topic of the contract (%s/%s/<device>/{%s})" % (prefix, contract.VERSION, ",".join(KINDS)))
     device, kind = parts[2], parts[3]
     try:
-        if kind == "selfcheck":
-            try:
-                body = json.loads(payload.decode("utf-8"))
-            except (UnicodeDecodeError, ValueError) as exc:
-                raise contract.ContractError(kind, "not JSON: %s" % exc) from None
-            if not isinstance(body, dict):
-                raise contract.ContractError(kind, "(top): not a JSON object")
-            validated = selfcheck_validator is not None
-            if validated:
-                body = selfcheck_validator(body)
-        else:
-            fast = _fast_contract()
-            body = fast.validate(kind, payload) if fast is not None else contract.validate(kind, payload)
-            validated = True
+        # every kind against its schema; the fast check knows the frequent ones, the rest go to the reference
+        fast = _fast_contract()
+        body = fast.validate(kind, payload) if fast is not None else contract.validate(kind, payload)
     except contract.ContractError as exc:
         return bad(str(exc), device)
     if body.get("device", device) != device:
         return bad("%s: device %r in the payload, topic is for %r" % (kind, body.get("device"), device), device)
-    return Record(kind, device, body=body, topic=topic, payload=payload, validated=validated)
+    return Record(kind, device, body=body, topic=topic, payload=payload)
 
 
 # -- writing a batch -------------------------------------------------------------
@@ -236,7 +203,7 @@ class BatchWriter:
                 b = r.body
                 t = b.get("ts", b.get("time"))
                 t = t if isinstance(t, int) and not isinstance(t, bool) else now
-                selfchecks.append((r.device, t, now, 1 if r.validated else 0, r.payload.decode("utf-8")))
+                selfchecks.append((r.device, t, now, 1, r.payload.decode("utf-8")))  # always checked now
             elif r.kind == "status":
                 statuses.append(r)
             else:
@@ -367,7 +334,6 @@ class Ingest:
         self.inbox = _Inbox()
         self._stop = threading.Event()
         self.subscribed = threading.Event()
-        self._selfcheck = _selfcheck_validator()
         self.writer = None
         self.session = None
         self.retries = 0
@@ -432,7 +398,7 @@ class Ingest:
                           topic=m.topic, payload=m.payload,
                           reason="payload of %d bytes beyond the ingest's limit of %d (first %d bytes kept)"
                           % (m.size, self.max_packet, len(m.payload)))
-        return classify(m.topic, m.payload, self.prefix, self._selfcheck)
+        return classify(m.topic, m.payload, self.prefix)
 
     def _connect(self, session, filters):
         """Connect and subscribe; the first refusal is raised (a configuration error), later ones retried."""

@@ -117,7 +117,7 @@ class ManagedBroker:
         pass
 
     def _process(self):
-        raise NotImplementedError
+        raise NotImplementedError("%s must say how its broker process is started" % type(self).__name__)
 
     def _explain(self, exc, log_text):
         return None  # the ManagedProcess error as it is
